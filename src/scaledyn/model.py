@@ -1,0 +1,86 @@
+"""The OLMo-style decoder of the paper, built from transformers' Llama implementation.
+
+Llama already has RoPE, SwiGLU, RMSNorm, no biases and optional tied embeddings; the paper's norms
+are non-affine, so their weights stay at 1 and are frozen. Checkpoints are plain
+`save_pretrained` directories that `AutoModelForCausalLM.from_pretrained` opens anywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # per-shard bars would drown the training bar
+
+from .sizes import Size
+
+
+def model_config(size: Size, vocab_size: int, eos_token_id: int = 0) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=size.d_model,
+        intermediate_size=size.mlp_hidden,
+        num_hidden_layers=size.n_layers,
+        num_attention_heads=size.n_heads,
+        num_key_value_heads=size.n_heads,
+        max_position_embeddings=size.context,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
+        initializer_range=0.02,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=None,
+        use_cache=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+
+
+def freeze_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Make every RMSNorm non-affine: its weight is 1 and never trained."""
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.requires_grad_(False)
+    return model
+
+
+def build_model(size: Size, vocab_size: int, seed: int, eos_token_id: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM._from_config(model_config(size, vocab_size, eos_token_id), attn_implementation="sdpa")
+    return freeze_norms(model)
+
+
+def load_model(path, **kwargs) -> torch.nn.Module:
+    """Load a checkpoint's model; a damaged one raises an error that names the directory."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+    except Exception as e:  # transformers raises OSError, ValueError or safetensors errors
+        raise CheckpointError(f"checkpoint {path}: the model cannot be loaded ({type(e).__name__}: {e})") from None
+    return freeze_norms(model)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, partial or corrupt; the message names its directory."""
+
+
+def param_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable parameters (tied embedding once) and those outside the embedding."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    emb = model.get_input_embeddings().weight.numel()
+    return {"total_params": total, "non_embedding_params": total - emb}
+
+
+def token_losses(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token next-token losses (nats), shape (batch, seq_len - 1), accumulated in fp32."""
+    logits = model(input_ids=input_ids).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
+    ).view(targets.shape)
