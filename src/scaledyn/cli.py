@@ -95,7 +95,7 @@ def cmd_zsl_dtt(args) -> None:
 def cmd_zsl_dt1(args) -> None:
     from .onestep import dt1_analysis
 
-    dt1_analysis(args.run_dir, args.step, args.data, args.out, args.out_changes, gradient_view=not args.no_gradient_view,
+    dt1_analysis(args.run_dir, args.step, args.data, args.out, args.changes_root, gradient_view=not args.no_gradient_view,
                  coordinate_max_params=args.coordinate_max_params, coordinate_tokens=args.coordinate_tokens,
                  eval_batch_size=args.batch_size)
 
@@ -187,7 +187,7 @@ def main(argv=None) -> None:
     sp.add_argument("--step", type=int, required=True)
     sp.add_argument("--data", required=True)
     sp.add_argument("--out", required=True, help="metrics table (.parquet; a .csv is written beside it)")
-    sp.add_argument("--out-changes", required=True, help="per-token loss changes (.parquet)")
+    sp.add_argument("--changes-root", required=True, help="dataset root for the per-token loss changes (hive: run=, step=)")
     sp.add_argument("--no-gradient-view", action="store_true")
     sp.add_argument("--coordinate-max-params", type=int, default=2_000_000)
     sp.add_argument("--coordinate-tokens", type=int, default=256)
@@ -204,11 +204,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     from .config import ConfigError
     from .data import DataError
+    from .fit import CurveError
     from .model import CheckpointError
 
     try:
         args.fn(args)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, CurveError) as e:
         sys.exit(f"scaledyn {args.cmd}: error: {e}")
 
 

@@ -103,6 +103,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(model: torch.nn.Module, spec: RunSpec):
+    """AdamW and its schedule; the one-step analysis rebuilds them the same way."""
+    o = spec.optimizer
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=spec.lr, betas=o.betas, eps=o.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_factor(spec.schedule, t, spec.steps))
+    return optimizer, scheduler
+
+
 def _check_compatible(spec: RunSpec, state: dict, path: Path) -> None:
     old, new = state["spec"], json_norm(asdict(spec))
     changed = [k for k in new if k not in RESUMABLE_CHANGES and new[k] != old.get(k)]
@@ -147,9 +155,7 @@ def train(spec: RunSpec) -> dict:
     # ---- model, optimizer, schedule; then the newest intact checkpoint, if any
     model = build_model(spec.size, vocab, spec.seed, data.manifest["tokenizer"]["eos_token_id"])
     counts = param_counts(model)
-    o = spec.optimizer
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=spec.lr, betas=o.betas, eps=o.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_factor(spec.schedule, t, spec.steps))
+    optimizer, scheduler = make_optimizer(model, spec)
     start = 0
     for path in checkpoint.resumable(run_dir):
         try:

@@ -1,0 +1,94 @@
+"""Per-token losses of one checkpoint on the evaluation set and the held-out training batches.
+
+Runs in inference mode; bf16 autocast on GPUs with the loss accumulated in fp32. Under several
+processes (accelerate launch) each takes a contiguous, unpadded share of the sequences and the main
+process gathers them, so every example appears exactly once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from . import checkpoint, losses
+from .data import TokenData
+from .model import CheckpointError, load_model, token_losses
+
+
+def per_token_losses(model, tokens: np.ndarray, batch_size: int, device, autocast, desc: str = "") -> np.ndarray:
+    """(n, seq_len - 1) float32 losses for `tokens` (n, seq_len)."""
+    out = np.empty((len(tokens), tokens.shape[1] - 1), dtype=np.float32)
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(tokens), batch_size), desc=desc, leave=False, disable=not desc):
+            x = torch.from_numpy(np.asarray(tokens[i : i + batch_size], dtype=np.int64)).to(device)
+            with autocast():
+                out[i : i + len(x)] = token_losses(model, x).cpu().numpy()
+    return out
+
+
+def _tables(split_losses: dict, meta: dict, token_dtype: str) -> tuple[pa.Table, pa.Table]:
+    seq_cols = {k: [] for k in ("size", "seed", "tokens_seen", "split", "example_id", "loss", "n_tokens")}
+    tok_cols = {k: [] for k in ("split", "example_id", "position", "loss")}
+    for split, (ids, loss) in split_losses.items():
+        n, s = loss.shape
+        seq_cols["size"] += [meta["size"]] * n
+        seq_cols["seed"].append(np.full(n, meta["seed"], np.int32))
+        seq_cols["tokens_seen"].append(np.full(n, meta["tokens_seen"], np.int64))
+        seq_cols["split"] += [split] * n
+        seq_cols["example_id"].append(ids)
+        seq_cols["loss"].append(loss.mean(axis=1, dtype=np.float64).astype(np.float32))
+        seq_cols["n_tokens"].append(np.full(n, s, np.int32))
+        tok_cols["split"] += [split] * (n * s)
+        tok_cols["example_id"].append(np.repeat(ids, s))
+        tok_cols["position"].append(np.tile(np.arange(1, s + 1, dtype=np.int32), n))
+        tok_cols["loss"].append(loss.reshape(-1).astype(token_dtype))
+    cat = lambda v: v if isinstance(v, list) and (not v or isinstance(v[0], str)) else np.concatenate(v)  # noqa: E731
+    seq = pa.Table.from_pydict({k: cat(v) for k, v in seq_cols.items()}, schema=losses.schema("sequences"))
+    tok = pa.Table.from_pydict({k: cat(v) for k, v in tok_cols.items()}, schema=losses.schema("tokens", token_dtype))
+    return seq, tok
+
+
+def evaluate_checkpoint(run_dir, step: int, data_dir, out, batch_size: int = 64, token_dtype: str = "float32",
+                        heldout: bool = True, study: str = "", force: bool = False) -> bool:
+    """Write the (run, step) partitions of the loss dataset; False when they already exist."""
+    run_dir, out = Path(run_dir), Path(out)
+    run = run_dir.name
+    targets = [losses.partition_path(out, g, run, step) for g in ("sequences", "tokens")]
+    if not force and all(t.exists() for t in targets):
+        return False
+    ckpt = checkpoint.directory(run_dir, step)
+    if not (ckpt / checkpoint.COMPLETE).exists():
+        raise CheckpointError(f"checkpoint {ckpt}: missing or incomplete (no {checkpoint.COMPLETE} marker)")
+    state = checkpoint.read_state(ckpt)
+    acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    model = load_model(ckpt).to(acc.device).eval()
+    data = TokenData.open(data_dir)
+
+    splits = {"eval": (data.split("eval"), data.example_ids("eval"))}
+    if heldout and data.manifest["splits"]["heldout"]["sequences"]:
+        splits["heldout"] = (data.split("heldout"), data.example_ids("heldout"))
+    results = {}
+    for name, (tokens, ids) in splits.items():
+        with acc.split_between_processes(list(range(len(tokens)))) as mine:
+            rows = np.asarray(mine, dtype=np.int64)
+            loss = per_token_losses(model, tokens[rows] if len(rows) else tokens[:0], batch_size, acc.device,
+                                    acc.autocast, desc=f"{run} step {step} {name}" if acc.is_main_process else "")
+        parts = gather_object([(rows, loss)]) if acc.num_processes > 1 else [(rows, loss)]
+        order = np.concatenate([p[0] for p in parts])
+        stacked = np.concatenate([p[1] for p in parts])
+        if acc.is_main_process:
+            assert len(order) == len(tokens) and len(np.unique(order)) == len(order), "evaluation rows lost or duplicated"
+            results[name] = (ids[order], stacked)
+    if acc.is_main_process:
+        meta = {"size": state["spec"]["size"]["name"], "seed": state["spec"]["seed"], "tokens_seen": state["tokens_seen"]}
+        seq, tok = _tables(results, meta, token_dtype)
+        losses.write_partition(out, "tokens", run, step, tok)
+        losses.write_partition(out, "sequences", run, step, seq)
+    acc.wait_for_everyone()
+    return True

@@ -1,0 +1,222 @@
+"""Delta t = 1: one optimizer step from a checkpoint, and the gradient view of its interference.
+
+From checkpoint t (model + optimizer + scheduler state) take exactly one AdamW step on a held-out
+training batch, in fp32, with the full-batch mean gradient and no clipping, and measure the
+per-token loss changes on that batch and on the evaluation set. Repeated for every held-out batch.
+
+Gradient view: the first-order prediction dl_i = grad l_i . dtheta for every token at once is one
+Jacobian-vector product (forward-mode AD), instead of one backward pass per token. Coordinate-wise
+interference needs per-token gradients, computed with vmap(grad) for models small enough.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from torch.func import functional_call, grad, jvp, vmap
+
+from . import checkpoint, losses, zsl
+from .config import RunSpec
+from .data import TokenData
+from .evaluate import per_token_losses
+from .model import CheckpointError, load_model, token_losses
+from .train import make_optimizer
+
+
+def load_for_step(ckpt: Path):
+    """Model (fp32, eager attention so forward-mode AD works everywhere), optimizer, scheduler, spec."""
+    state, opt_state, _ = checkpoint.load_training_state(ckpt)
+    spec = RunSpec.from_json(json.dumps(state["spec"]))
+    model = load_model(ckpt, dtype=torch.float32)
+    model.config._attn_implementation = "eager"
+    optimizer, scheduler = make_optimizer(model, spec)
+    optimizer.load_state_dict(opt_state["optimizer"])
+    scheduler.load_state_dict(opt_state["scheduler"])
+    return model, optimizer, scheduler, spec, opt_state
+
+
+def one_step(model, optimizer, batch: torch.Tensor, lr: float) -> None:
+    """Exactly one update with the full-batch mean gradient, no clipping, at learning rate `lr`."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    model(input_ids=batch, labels=batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def jvp_predictions(model, batch: torch.Tensor, delta: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Predicted per-token loss changes grad l_i . dtheta, shape (batch, seq_len - 1)."""
+    params = {n: p.detach() for n, p in trainable(model).items()}
+    frozen = {n: t for n, t in list(model.named_parameters()) + list(model.named_buffers()) if n not in params}
+
+    def f(p):
+        return token_losses(_Bound(model, {**frozen, **p}), batch)
+
+    _, tangent = jvp(f, (params,), ({n: delta[n] for n in params},))
+    return tangent
+
+
+class _Bound:
+    """Call `model` with substituted tensors (torch.func.functional_call), as token_losses expects."""
+
+    def __init__(self, model, tensors):
+        self.model, self.tensors = model, tensors
+
+    def __call__(self, **kwargs):
+        return functional_call(self.model, self.tensors, args=(), kwargs=kwargs, tie_weights=True)
+
+
+def per_position_predictions(model, batch: torch.Tensor, delta: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The reference method: one backward pass per sequence position, then dot with dtheta."""
+    params = trainable(model)
+    losses_ = token_losses(model, batch)
+    out = torch.zeros_like(losses_)
+    names = list(params)
+    for b in range(losses_.shape[0]):
+        for s in range(losses_.shape[1]):
+            g = torch.autograd.grad(losses_[b, s], [params[n] for n in names], retain_graph=True, allow_unused=True)
+            out[b, s] = sum((gi * delta[n]).sum() for gi, n in zip(g, names) if gi is not None)
+    return out.detach()
+
+
+def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.Tensor], n_tokens: int,
+                            chunk: int = 16) -> dict[str, float]:
+    """C_g and D(grad) over non-embedding coordinates from per-token gradients (vmap of grad)."""
+    emb_name = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
+    params = {n: p.detach() for n, p in trainable(model).items() if n != emb_name}
+    frozen = {n: t.detach() for n, t in list(model.named_parameters()) + list(model.named_buffers()) if n not in params}
+    b, s = batch.shape[0], batch.shape[1] - 1
+    rng = np.random.default_rng(0)
+    flat = rng.choice(b * s, size=min(n_tokens, b * s), replace=False)
+    seq_idx, pos_idx = torch.as_tensor(flat // s), torch.as_tensor(flat % s)
+
+    positions = torch.arange(s)
+
+    def loss_at(p, seq, pos):
+        per_pos = token_losses(_Bound(model, {**frozen, **p}), seq[None])[0]
+        return (per_pos * (positions == pos)).sum()  # select without data-dependent indexing (vmap)
+
+    per_token_grad = vmap(grad(loss_at), in_dims=(None, 0, 0))
+    sum_p = {n: torch.zeros_like(p) for n, p in params.items()}
+    sum_abs_p = {n: torch.zeros_like(p) for n, p in params.items()}
+    sum_g = {n: torch.zeros_like(p) for n, p in params.items()}
+    sum_abs_g = {n: torch.zeros_like(p) for n, p in params.items()}
+    for i in range(0, len(flat), chunk):
+        g = per_token_grad(params, batch[seq_idx[i : i + chunk]], pos_idx[i : i + chunk])
+        for n in params:
+            p = g[n] * delta[n]
+            sum_p[n] += p.sum(0)
+            sum_abs_p[n] += p.abs().sum(0)
+            sum_g[n] += g[n].sum(0)
+            sum_abs_g[n] += g[n].abs().sum(0)
+    num = sum(v.abs().sum() for v in sum_p.values())
+    den = sum(v.sum() for v in sum_abs_p.values())
+    g_abs = torch.cat([v.ravel() for v in sum_abs_g.values()])
+    g_sum = torch.cat([v.ravel() for v in sum_g.values()])
+    live = g_abs > 0
+    d_grad = (1 - g_sum[live].abs() / g_abs[live]).mean()
+    return {"C_g": float(num / den) if den > 0 else float("nan"), "D_grad": float(d_grad), "coord_tokens": int(len(flat)),
+            "coord_params": int(sum(p.numel() for p in params.values()))}
+
+
+def dt1_analysis(run_dir, step: int, data_dir, out, changes_root, gradient_view: bool = True,
+                 coordinate_max_params: int = 2_000_000, coordinate_tokens: int = 256, eval_batch_size: int = 64) -> pd.DataFrame:
+    run_dir = Path(run_dir)
+    ckpt = checkpoint.directory(run_dir, step)
+    if not (ckpt / "optimizer.pt").exists():
+        raise CheckpointError(f"checkpoint {ckpt}: no optimizer state; list step {step} in zsl.dt1_steps before training")
+    data = TokenData.open(data_dir)
+    k_batches = data.manifest["heldout_batches"]
+    if k_batches == 0:
+        raise CheckpointError("data: no held-out batches (data.heldout_batches is 0); the one-step analysis needs them")
+    model0, _, sched0, spec, opt_state = load_for_step(ckpt)
+    lr = sched0.get_last_lr()[0]
+    lr_note = ""
+    if lr == 0:
+        lr, lr_note = spec.lr, "zero learning rate at this step replaced by the peak rate"
+    eval_tokens, eval_ids = np.asarray(data.split("eval")), data.example_ids("eval")
+    cpu = torch.device("cpu")
+    nullctx = torch.autocast("cpu", enabled=False)
+    eval_before = per_token_losses(model0, eval_tokens, eval_batch_size, cpu, lambda: nullctx)
+    n_ne = sum(p.numel() for n, p in trainable(model0).items()) - model0.get_input_embeddings().weight.numel()
+
+    rows, changes, extra = [], [], []
+    for k in range(k_batches):
+        tokens, ids = data.heldout_batch(k)
+        batch = torch.from_numpy(tokens.astype(np.int64))
+        model = copy.deepcopy(model0)
+        optimizer, _ = make_optimizer(model, spec)
+        optimizer.load_state_dict(opt_state["optimizer"])
+        with torch.no_grad():
+            before = token_losses(model, batch).numpy()
+        theta0 = {n: p.detach().clone() for n, p in trainable(model).items()}
+        one_step(model, optimizer, batch, lr)
+        with torch.no_grad():
+            after = token_losses(model, batch).numpy()
+        eval_after = per_token_losses(model, eval_tokens, eval_batch_size, cpu, lambda: nullctx)
+        delta = {n: p.detach() - theta0[n] for n, p in trainable(model).items()}
+        measured = {"heldout": (ids, after - before), "eval": (eval_ids, eval_after - eval_before)}
+        info = {"batch": k}
+        pred = None
+        if gradient_view:
+            model_b = copy.deepcopy(model0)
+            pred = jvp_predictions(model_b, batch, delta).detach().numpy()
+            x = measured["heldout"][1].ravel()
+            info.update({"pred_corr": float(np.corrcoef(pred.ravel(), x)[0, 1]), "D_pred": zsl.metrics(pred)["D"],
+                         "D_measured": zsl.metrics(x)["D"]})
+            if n_ne <= coordinate_max_params:
+                info.update(coordinate_interference(model_b, batch, delta, coordinate_tokens))
+            else:
+                info["coord_skipped"] = (f"{n_ne:,} non-embedding parameters exceed zsl.coordinate_max_params "
+                                         f"({coordinate_max_params:,}): per-token gradients would not fit in memory")
+        extra.append(info)
+        for split, (sids, dl) in measured.items():
+            s = dl.shape[1]
+            changes.append(pd.DataFrame({
+                "batch": np.int32(k), "split": split, "example_id": np.repeat(sids, s),
+                "position": np.tile(np.arange(1, s + 1, dtype=np.int32), len(sids)),
+                "delta": dl.ravel().astype(np.float32),
+                "predicted": (pred.ravel().astype(np.float32) if split == "heldout" and pred is not None
+                              else np.full(dl.size, np.nan, np.float32)),
+            }))
+            for gran, vals in (("token", dl.ravel()), ("sequence", dl.mean(axis=1))):
+                rows.append({"batch": k, "split": split, "granularity": gran, **zsl.metrics(vals)})
+
+    per_batch = pd.DataFrame(rows)
+    agg = per_batch.groupby(["split", "granularity"], sort=False).agg(
+        n=("D", "size"), **{m: (m, "mean") for m in zsl.METRICS}, **{f"{m}_std": (m, "std") for m in zsl.METRICS}
+    ).reset_index()
+    size = spec.size.name
+    agg.insert(0, "run", spec.name)
+    agg.insert(1, "size", size)
+    agg.insert(2, "seed", spec.seed)
+    agg.insert(3, "step", step)
+    agg.insert(4, "step_next", step + 1)
+    agg.insert(5, "variant", "dt=1")
+    agg["spread"] = f"std over {k_batches} held-out batches"
+    agg = agg[zsl.COLUMNS]
+    ex = pd.DataFrame(extra)
+    for col in [c for c in ex.columns if c != "batch" and ex[c].dtype != object]:
+        agg[f"{col}_mean"] = float(ex[col].mean())
+    if "coord_skipped" in ex:
+        agg["coord_skipped"] = ex["coord_skipped"].iloc[0]
+    agg["lr"] = lr
+    agg["lr_note"] = lr_note
+    zsl.write_table(agg, out)
+    table = pa.Table.from_pandas(pd.concat(changes, ignore_index=True), schema=losses.schema("changes"), preserve_index=False)
+    losses.write_partition(changes_root, "changes", spec.name, step, table)
+    return agg
+

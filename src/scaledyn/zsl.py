@@ -1,0 +1,84 @@
+"""Zero-sum learning metrics (methodology.md section 4) and the checkpoint-to-checkpoint analysis.
+
+For per-example loss changes x_i:
+    D(x)  = 1 - |sum x| / sum |x|    destructive interference, in [0, 1]
+    M(x)  = mean |x|                 magnitude of per-example change
+    |dL|  = |mean x| = (1 - D) M     change of the mean loss
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import atomic, losses
+
+METRICS = ("D", "M", "dL")
+FOLDS = 5
+
+
+def metrics(x) -> dict[str, float]:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    total_abs = np.abs(x).sum()
+    s = x.sum()
+    return {
+        "D": float(1 - abs(s) / total_abs) if total_abs > 0 else 0.0,
+        "M": float(total_abs / len(x)) if len(x) else 0.0,
+        "dL": float(abs(s) / len(x)) if len(x) else 0.0,
+    }
+
+
+def fold_spread(x: np.ndarray, fold_of: np.ndarray) -> dict[str, float]:
+    """Standard deviation of each metric over FOLDS disjoint example subsets (by example_id)."""
+    per = [metrics(x[fold_of == f]) for f in range(FOLDS) if np.any(fold_of == f)]
+    return {f"{m}_std": float(np.std([p[m] for p in per], ddof=1)) if len(per) > 1 else float("nan") for m in METRICS}
+
+
+def log2_pairs(steps) -> list[tuple[int, int]]:
+    """Consecutive log2 checkpoints (t, 2t) among the available steps."""
+    have = set(int(s) for s in steps)
+    return [(t, 2 * t) for t in sorted(have) if 2 * t in have and (t & (t - 1)) == 0]
+
+
+def dtt_table(losses_root, run: str, out) -> pd.DataFrame:
+    """Delta t = t: D, M, |dL| between checkpoints t and 2t from the exported per-token losses."""
+    tok = losses.load(losses_root, "tokens", runs=[run], columns=["split", "example_id", "position", "loss", "step"])
+    seqs = losses.load(losses_root, "sequences", runs=[run], columns=["size", "seed"]).iloc[:1]
+    size, seed = (seqs["size"].iloc[0], int(seqs["seed"].iloc[0])) if len(seqs) else ("", -1)
+    rows = []
+    for split, part in tok.groupby("split", observed=True):
+        wide = part.pivot_table(index=["example_id", "position"], columns="step", values="loss", aggfunc="first")
+        eid = wide.index.get_level_values("example_id").to_numpy()
+        for t, t2 in log2_pairs(wide.columns):
+            x = (wide[t2] - wide[t]).to_numpy(dtype=np.float64)
+            ok = np.isfinite(x)
+            per_seq = pd.Series(x[ok]).groupby(eid[ok]).mean()
+            for gran, vals, ids in (("token", x[ok], eid[ok]), ("sequence", per_seq.to_numpy(), per_seq.index.to_numpy())):
+                rows.append({"run": run, "size": size, "seed": seed, "step": t, "step_next": t2, "variant": "dt=t",
+                             "split": split, "granularity": gran, "n": len(vals), **metrics(vals),
+                             **fold_spread(vals, ids % FOLDS), "spread": f"std over {FOLDS} example folds"})
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    write_table(df, out)
+    return df
+
+
+COLUMNS = ["run", "size", "seed", "step", "step_next", "variant", "split", "granularity", "n",
+           "D", "M", "dL", "D_std", "M_std", "dL_std", "spread"]
+
+
+def write_table(df: pd.DataFrame, out) -> None:
+    """Parquet, and CSV beside it for people who open tables in a spreadsheet."""
+    out = Path(out)
+    with atomic.atomic_path(out) as tmp:
+        df.to_parquet(tmp, index=False, compression="zstd")
+    with atomic.atomic_path(out.with_suffix(".csv")) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def merge_tables(inputs, out) -> pd.DataFrame:
+    frames = [pd.read_parquet(p) for p in inputs]
+    df = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
+    write_table(df, out)
+    return df
