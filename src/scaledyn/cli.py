@@ -20,11 +20,17 @@ def cmd_validate(args) -> None:
 
 
 def cmd_prepare_data(args) -> None:
+    from .config import validate_schema
     from .data import prepare
 
-    study = _study(args)
-    out = Path(args.out) if args.out else study.data_dir
-    m = prepare(study.cfg["data"], study.cfg["train"]["batch_size"], out)
+    if args.data:  # the workflow passes only the data section, so other edits don't re-prepare
+        data, batch_size = validate_schema({"data": json.loads(args.data)})["data"], args.batch_size
+        out = Path(args.out)
+    else:
+        study = _study(args)
+        data, batch_size = study.cfg["data"], study.cfg["train"]["batch_size"]
+        out = Path(args.out) if args.out else study.data_dir
+    m = prepare(data, batch_size, out)
     print(f"{out}: {m['n_tokens']:,} tokens, vocabulary {m['tokenizer']['vocab_size']}, "
           f"{m['splits']['train']['sequences']:,} training sequences of {m['seq_len']}")
 
@@ -109,7 +115,7 @@ def cmd_zsl_merge(args) -> None:
 def cmd_report(args) -> None:
     from .report import build_report
 
-    build_report(args.config, args.out)
+    build_report(args.results, args.runs, args.out, histogram_steps=args.histogram_steps)
 
 
 def main(argv=None) -> None:
@@ -126,6 +132,8 @@ def main(argv=None) -> None:
 
     sp = add("prepare-data", cmd_prepare_data, "Tokenize the corpus into train/eval/held-out arrays.")
     sp.add_argument("--config", default="config.yaml")
+    sp.add_argument("--data", help="the config's data section as JSON (what the workflow passes); needs --out")
+    sp.add_argument("--batch-size", type=int, default=16, help="held-out batch size (= train.batch_size), with --data")
     sp.add_argument("--out", help="data directory (default: <results>/data)")
 
     sp = add("train", cmd_train, "Train one run; resumes from its newest complete checkpoint.")
@@ -198,7 +206,9 @@ def main(argv=None) -> None:
     sp.add_argument("--out", required=True)
 
     sp = add("report", cmd_report, "Figures, tables and the summary for a finished study.")
-    sp.add_argument("--config", default="config.yaml")
+    sp.add_argument("--results", required=True, help="the study's results directory")
+    sp.add_argument("--runs", nargs="+", required=True)
+    sp.add_argument("--histogram-steps", nargs="*", type=int, default=[])
     sp.add_argument("--out", required=True, help="report directory")
 
     args = p.parse_args(argv)

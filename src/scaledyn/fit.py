@@ -272,9 +272,16 @@ def effective_n(resid: np.ndarray) -> float:
     return max(n * (1 - rho) / (1 + rho), 2.0)
 
 
-def break_test(pl: Solution, bn: Solution, logx: np.ndarray, logy: np.ndarray) -> dict:
-    """Break model against one power law: F-test and BIC on the autocorrelation-corrected sample
-    size, and whether the break lies inside the fitted range (a break at the edge is no break)."""
+def break_test(x: np.ndarray, y_raw: np.ndarray, theta: np.ndarray, fit_range: tuple[float, float]) -> dict:
+    """Is there a break? Both models are refitted to the *unsmoothed* losses at every step after
+    the transient, whose batch-to-batch noise is close to independent (fitted to smoothed points,
+    every wiggle would look significant), starting from the main fit `theta`, and compared by an
+    F-test and BIC on the autocorrelation-corrected sample size. A break at the edge of the fitted
+    range is no break."""
+    logx, logy = np.log(x), np.log(y_raw)
+    pl = fit_power_law(x, y_raw)
+    bn = _solve(logx, logy, theta, _bounds(logx, 1)) or Solution(theta, None, float(np.sum((logy - bnsl_log(logx, theta)) ** 2)), len(x))
+    logd1 = theta[3]
     n_eff = effective_n(logy - bnsl_log(logx, bn.theta))
     df1, df2 = bn.k - pl.k, n_eff - bn.k
     if bn.sse <= 0:
@@ -288,14 +295,15 @@ def break_test(pl: Solution, bn: Solution, logx: np.ndarray, logy: np.ndarray) -
     def bic(sol):
         return n_eff * math.log(max(sol.sse, 1e-300) / sol.n) + sol.k * math.log(n_eff)
 
-    logd1 = bn.theta[3]
-    margin = 0.05 * (logx[-1] - logx[0])
-    inside = bool(logx[0] + margin < logd1 < logx[-1] - margin)
+    lo, hi = math.log(fit_range[0]), math.log(fit_range[1])
+    margin = 0.05 * (hi - lo)
+    inside = bool(lo + margin < logd1 < hi - margin)
     delta_bic = bic(pl) - bic(bn)
     has_break = bool(inside and delta_bic > 10 and p < 0.01)
     return {
         "has_break": has_break,
         "kind": ("deceleration" if bn.theta[2] < 0 else "acceleration") if has_break else None,
+        "data": "unsmoothed losses at every step after the transient",
         "break_inside_range": inside,
         "n_points": bn.n,
         "n_effective": n_eff,
@@ -305,8 +313,8 @@ def break_test(pl: Solution, bn: Solution, logx: np.ndarray, logy: np.ndarray) -
         "bic_broken": bic(bn),
         "delta_bic": delta_bic,
         "sse_ratio": pl.sse / bn.sse if bn.sse > 0 else float("inf"),
-        "rule": "break if F-test p < 0.01 and BIC(power law) - BIC(broken) > 10, both on the "
-        "autocorrelation-corrected sample size, and the break lies inside the fitted range",
+        "rule": "break if, on the unsmoothed losses after the transient, F-test p < 0.01 and BIC(power law) - BIC(broken) > 10 "
+        "(both on the autocorrelation-corrected sample size), and the fitted break lies inside the fitted range",
     }
 
 
@@ -340,6 +348,7 @@ def fit_curve(steps, loss, pre: Preprocessing = Preprocessing(), bootstrap: int 
     """Everything FIT.json holds, for one loss curve."""
     steps, loss = validate_curve(steps, loss, source)
     x, y, smooth = preprocess(steps, loss, pre)
+    raw = steps > pre.transient_steps
     if len(x) < 7:
         raise CurveError(
             f"{source}: {len(x)} points remain after preprocessing (transient {pre.transient_steps} steps, "
@@ -350,7 +359,7 @@ def fit_curve(steps, loss, pre: Preprocessing = Preprocessing(), bootstrap: int 
     L_T = float(smooth[-1])
     pl = fit_power_law(x, y)
     bn = fit_bnsl(x, y, n_breaks=n_breaks)
-    test = break_test(pl, bn, logx, logy)
+    test = break_test(steps[raw], loss[raw], bn.theta, (x[0], x[-1]))
     se = np.sqrt(np.diag(bn.cov)).tolist() if bn.cov is not None else None
     names = ["log_b", "c0"] + [f"{p}{i + 1}" for i in range(n_breaks) for p in ("c", "log_d", "f")]
     out = {

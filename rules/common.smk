@@ -1,0 +1,33 @@
+# The study, validated once by the package (the same schema plus the cross-field checks), and the
+# helpers every rule uses. Rules pass only their own config slice as params, so editing one stage's
+# options re-runs that stage and what depends on it, nothing else.
+
+import json
+
+from scaledyn.config import load_study
+
+STUDY = load_study(config)
+R = str(STUDY.results)
+RUNS = sorted(STUDY.runs)
+STEPS = STUDY.checkpoint_steps
+DT1_STEPS = STUDY.dt1_steps
+
+
+wildcard_constraints:
+    run="|".join(RUNS) or "NONE",
+    step=r"\d+",
+
+
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True)
+
+
+def train_gpus(run):
+    size, _ = STUDY.runs[run]
+    s = config["slurm"]
+    return s["gpus"].get(size, s["default_gpus"])
+
+
+def train_nodes(run):
+    size, _ = STUDY.runs[run]
+    return config["slurm"]["nodes"].get(size, 1)

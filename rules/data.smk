@@ -1,0 +1,15 @@
+rule prepare_data:
+    output:
+        manifest=f"{R}/data/manifest.json",
+        train=f"{R}/data/train.npy",
+        eval=f"{R}/data/eval.npy",
+        heldout=f"{R}/data/heldout.npy",
+        tokenizer=f"{R}/data/tokenizer/tokenizer.json",
+    params:
+        data=as_json(config["data"]),
+        batch_size=config["train"]["batch_size"],
+    log:
+        f"{R}/logs/prepare_data.log",
+    shell:
+        "scaledyn prepare-data --data {params.data:q} --batch-size {params.batch_size}"
+        " --out {R}/data > {log} 2>&1"

@@ -1,0 +1,32 @@
+# Loss-deceleration fits need only the training logs; fit options reach only these rules.
+
+
+rule fit_run:
+    input:
+        f"{R}/runs/{{run}}/train_log.csv",
+    output:
+        f"{R}/fits/{{run}}.json",
+    params:
+        opts=lambda w: (
+            f"--smoothing {config['fit']['smoothing']} --subsample {config['fit']['subsample']}"
+            f" --transient-steps {config['fit']['transient_steps']} --bootstrap {config['fit']['bootstrap']}"
+            f" --seed {config['fit']['seed']}"
+        ),
+    log:
+        f"{R}/logs/fit/{{run}}.log",
+    shell:
+        "scaledyn fit-curve {input} --out {output} {params.opts} > {log} 2>&1"
+
+
+rule fit_scaling:
+    input:
+        fits=expand(f"{R}/fits/{{run}}.json", run=RUNS),
+        runs=expand(f"{R}/runs/{{run}}/run.json", run=RUNS),
+    output:
+        table=f"{R}/fits/scaling.csv",
+        summary=f"{R}/fits/scaling.txt",
+    log:
+        f"{R}/logs/fit/scaling.log",
+    shell:
+        "scaledyn fit-scaling --fits {input.fits} --runs {input.runs}"
+        " --out-table {output.table} --out-summary {output.summary} > {log} 2>&1"
