@@ -22,6 +22,13 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+def cluster(gpu=False):
+    """slurm_partition / slurm_account resources from the study's slurm section (only those set)."""
+    s = config["slurm"]
+    res = {"slurm_partition": (s["gpu_partition"] or s["partition"]) if gpu else s["partition"], "slurm_account": s["account"]}
+    return {k: v for k, v in res.items() if v}
+
+
 def train_gpus(run):
     size, _ = STUDY.runs[run]
     s = config["slurm"]
@@ -31,3 +38,12 @@ def train_gpus(run):
 def train_nodes(run):
     size, _ = STUDY.runs[run]
     return config["slurm"]["nodes"].get(size, 1)
+
+
+# Cheap aggregations run where Snakemake runs, not as cluster jobs.
+localrules:
+    all,
+    run_table,
+    fit_scaling,
+    zsl_merge,
+    report,

@@ -8,6 +8,8 @@ rule prepare_data:
     params:
         data=as_json(config["data"]),
         batch_size=config["train"]["batch_size"],
+    resources:
+        **cluster(gpu=False),
     log:
         f"{R}/logs/prepare_data.log",
     shell:

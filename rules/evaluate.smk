@@ -15,6 +15,8 @@ rule evaluate:
             + ("" if config["evaluate"]["heldout"] else " --no-heldout")
         ),
         study=config["study"],
+    resources:
+        **cluster(gpu=True),
     log:
         f"{R}/logs/evaluate/{{run}}/step_{{step}}.log",
     shell:

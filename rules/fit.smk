@@ -12,6 +12,8 @@ rule fit_run:
             f" --transient-steps {config['fit']['transient_steps']} --bootstrap {config['fit']['bootstrap']}"
             f" --seed {config['fit']['seed']}"
         ),
+    resources:
+        **cluster(gpu=False),
     log:
         f"{R}/logs/fit/{{run}}.log",
     shell:

@@ -13,7 +13,9 @@ rule train:
     params:
         spec=lambda w: STUDY.run_spec(w.run).to_json(),
     threads: 1
+    priority: 10  # the critical path: start every training run before evaluating finished ones
     resources:
+        **cluster(gpu=True),
         gpu=lambda w: train_gpus(w.run),
         nodes=lambda w: train_nodes(w.run),
         runtime=lambda w, attempt: config["slurm"]["train_runtime_min"] * attempt,

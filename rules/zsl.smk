@@ -6,6 +6,8 @@ rule zsl_dtt:
         expand(f"{R}/losses/tokens/run={{{{run}}}}/step={{step}}/part-0.parquet", step=STEPS),
     output:
         f"{R}/zsl/dtt/{{run}}.parquet",
+    resources:
+        **cluster(gpu=False),
     log:
         f"{R}/logs/zsl/dtt_{{run}}.log",
     shell:
@@ -26,6 +28,8 @@ rule zsl_dt1:
             f" --coordinate-tokens {config['zsl']['coordinate_tokens']}"
             f" --batch-size {config['evaluate']['batch_size']}"
         ),
+    resources:
+        **cluster(gpu=True),
     log:
         f"{R}/logs/zsl/dt1_{{run}}_{{step}}.log",
     shell:

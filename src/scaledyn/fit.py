@@ -165,13 +165,16 @@ class Solution:
         return len(self.theta)
 
 
+MAX_EVALUATIONS = 1000  # per start: a start that has not converged by then is not the best one
+
+
 def _solve(logx, logy, theta0, bounds) -> Solution | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             theta, cov = optimize.curve_fit(
                 lambda lx, *t: bnsl_log(lx, np.array(t)), logx, logy, p0=theta0, bounds=bounds, method="dogbox",
-                maxfev=20000,
+                maxfev=MAX_EVALUATIONS,
             )
         except (RuntimeError, ValueError, np.linalg.LinAlgError):
             return None

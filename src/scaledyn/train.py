@@ -170,6 +170,8 @@ def train(spec: RunSpec) -> dict:
             scheduler.load_state_dict(opt_state["scheduler"])
             checkpoint.restore_rng(rng)
             start = state["step"]
+            if acc.is_main_process:
+                print(f"{spec.name}: resuming from checkpoint {path} at step {start}", file=sys.stderr)
             break
         except CheckpointError as e:
             if "different run spec" in str(e):

@@ -1,0 +1,70 @@
+"""Shared fixtures: every test builds its own small data; nothing downloads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A study small enough for tests: two sizes, 64 steps, a slice of the stdlib corpus.
+TINY = {
+    "study": "tiny",
+    "results": "results",
+    "data": {"source": "stdlib", "max_documents": 40, "tokenizer": {"vocab_size": 300}, "seq_len": 32,
+             "eval_sequences": 24, "heldout_batches": 2},
+    "model": {"sizes": ["tiny-1k", "tiny-6k"]},
+    "train": {"steps": 64, "batch_size": 8, "threads": 1, "schedule": {"warmup_steps": 4}},
+    "zsl": {"dt1_steps": [16, 64], "coordinate_tokens": 32},
+    "fit": {"transient_steps": 4, "bootstrap": 20},
+    "evaluate": {"batch_size": 16},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> dict:
+    return yaml.safe_load(yaml.safe_dump(TINY))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, tiny_config):
+    from scaledyn.data import prepare
+
+    out = tmp_path_factory.mktemp("data")
+    from scaledyn.config import load_study
+
+    study = load_study(tiny_config)
+    prepare(study.cfg["data"], study.cfg["train"]["batch_size"], out)
+    return out
+
+
+def run_workflow(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """snakemake on the repo's Snakefile in `workdir`, with `config` as its config.yaml."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, tiny_config) -> Path:
+    """The tiny study run end to end by Snakemake once; many tests read its outputs."""
+    work = tmp_path_factory.mktemp("study")
+    run_workflow(work, tiny_config, "--cores", "2")
+    return work / "results"
+
+
+def has(cmd: str) -> bool:
+    return shutil.which(cmd) is not None

@@ -1,0 +1,81 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from scaledyn import checkpoint, zsl
+from scaledyn.config import load_study
+from scaledyn.data import TokenData
+from scaledyn.onestep import (jvp_predictions, load_for_step, one_step, per_position_predictions, trainable)
+from scaledyn.train import train
+
+
+def test_metric_properties():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x = rng.normal(rng.normal(), rng.uniform(0.1, 2), size=rng.integers(2, 200))
+        m = zsl.metrics(x)
+        assert 0 <= m["D"] <= 1
+        assert m["dL"] == pytest.approx((1 - m["D"]) * m["M"])
+    assert zsl.metrics(np.abs(rng.normal(size=100)))["D"] == pytest.approx(0)  # all improve or all worsen
+    assert zsl.metrics(-np.abs(rng.normal(size=100)))["D"] == pytest.approx(0)
+    x = rng.normal(size=1000)
+    assert zsl.metrics(np.concatenate([x, -x]))["D"] == pytest.approx(1)  # exact cancellation
+    assert zsl.metrics(rng.normal(size=100000))["D"] > 0.99
+
+
+def test_log2_pairs():
+    assert zsl.log2_pairs([1, 2, 4, 8, 10, 16, 20]) == [(1, 2), (2, 4), (4, 8), (8, 16)]
+
+
+def test_dtt_table_from_exported_losses(tiny_study, tmp_path):
+    df = zsl.dtt_table(tiny_study / "losses", "tiny-6k_s0", tmp_path / "dtt.parquet")
+    assert (tmp_path / "dtt.csv").exists()
+    eval_tok = df[(df["split"] == "eval") & (df["granularity"] == "token")]
+    assert list(eval_tok["step"]) == [1, 2, 4, 8, 16, 32]
+    assert (eval_tok["n"] == 24 * 31).all()
+    assert np.allclose(eval_tok["dL"], (1 - eval_tok["D"]) * eval_tok["M"])
+
+
+def test_workflow_tables(tiny_study):
+    import pandas as pd
+
+    z = pd.read_parquet(tiny_study / "zsl" / "zsl.parquet")
+    assert set(z["variant"]) == {"dt=t", "dt=1"}
+    dt1 = z[z["variant"] == "dt=1"]
+    assert set(dt1["step"]) == {16, 64} and (dt1["n"] == 2).all()
+    assert dt1["D_std"].notna().all() and "pred_corr_mean" in z
+    assert (z.groupby(["run", "step", "variant", "split", "granularity"]).size() == 1).all()
+    assert (tiny_study / "zsl" / "zsl.csv").exists()
+
+
+def test_jvp_equals_per_token_autograd(tiny_study):
+    model, *_ = load_for_step(checkpoint.directory(tiny_study / "runs" / "tiny-6k_s0", 16))
+    data = TokenData.open(tiny_study / "data")
+    batch = torch.from_numpy(np.asarray(data.heldout_batch(0)[0][:2], dtype=np.int64))
+    gen = torch.Generator().manual_seed(0)
+    delta = {n: torch.randn(p.shape, generator=gen) * 1e-3 for n, p in trainable(model).items()}
+    fast = jvp_predictions(model, batch, delta)
+    slow = per_position_predictions(model, batch, delta)
+    assert fast.shape == slow.shape == (2, 31)
+    assert torch.allclose(fast, slow, atol=1e-6, rtol=1e-4)
+
+
+def test_one_step_reproduces_the_training_loop(tmp_path, tiny_config, tiny_data):
+    """From checkpoint 8 with its optimizer, one step on training batch 9 gives checkpoint 9's weights
+    (the run trains without clipping, as the one-step analysis does)."""
+    spec = dataclasses.replace(load_study(tiny_config).run_spec("tiny-1k_s0"), data_dir=str(tiny_data),
+                               run_dir=str(tmp_path / "run"), steps=9, checkpoint_steps=(8, 9), grad_clip=None,
+                               optimizer_steps=None)
+    train(spec)
+    model, optimizer, scheduler, _, _ = load_for_step(checkpoint.directory(spec.run_dir, 8))
+    from scaledyn.train import BatchOrder
+
+    data = TokenData.open(tiny_data)
+    rows = BatchOrder(len(data.split("train")), spec.batch_size, spec.data_seed).rows(9)
+    batch = torch.from_numpy(np.asarray(data.split("train")[rows], dtype=np.int64))
+    one_step(model, optimizer, batch, scheduler.get_last_lr()[0])
+    target, *_ = load_for_step(checkpoint.directory(spec.run_dir, 9))
+    for (n, p), q in zip(model.named_parameters(), target.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), n
