@@ -3,12 +3,13 @@
 # options re-runs that stage and what depends on it, nothing else.
 
 import json
+from pathlib import Path
 
 from scaledyn.config import load_study
 
 STUDY = load_study(config)
 R = str(STUDY.results)
-RUNS = sorted(STUDY.runs)
+RUNS = list(STUDY.runs)  # in the config's size order
 STEPS = STUDY.checkpoint_steps
 DT1_STEPS = STUDY.dt1_steps
 
@@ -16,6 +17,12 @@ DT1_STEPS = STUDY.dt1_steps
 wildcard_constraints:
     run="|".join(RUNS) or "NONE",
     step=r"\d+",
+
+
+def root_of(path):
+    """The results directory a file lies in, derived from the file itself (no hard-coded prefix)."""
+    p = Path(path)
+    return str(p.parents[len(p.relative_to(R).parts) - 1])
 
 
 def as_json(obj):

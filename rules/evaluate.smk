@@ -10,6 +10,7 @@ rule evaluate:
         sequences=f"{R}/losses/sequences/run={{run}}/step={{step}}/part-0.parquet",
         tokens=f"{R}/losses/tokens/run={{run}}/step={{step}}/part-0.parquet",
     params:
+        results=lambda w, output: root_of(output[0]),
         opts=lambda w: (
             f"--batch-size {config['evaluate']['batch_size']} --token-dtype {config['evaluate']['token_dtype']}"
             + ("" if config["evaluate"]["heldout"] else " --no-heldout")
@@ -17,11 +18,13 @@ rule evaluate:
         study=config["study"],
     resources:
         **cluster(gpu=True),
+    conda:
+        "../envs/scaledyn.yaml"
     log:
         f"{R}/logs/evaluate/{{run}}/step_{{step}}.log",
     shell:
-        "scaledyn evaluate --run-dir {R}/runs/{wildcards.run} --step {wildcards.step} --data {R}/data"
-        " --out {R}/losses --study {params.study} --force {params.opts} > {log} 2>&1"
+        "scaledyn evaluate --run-dir {params.results}/runs/{wildcards.run} --step {wildcards.step} --data {params.results}/data"
+        " --out {params.results}/losses --study {params.study} --force {params.opts} > {log} 2>&1"
 
 
 rule run_table:
@@ -32,6 +35,8 @@ rule run_table:
     params:
         dirs=expand(f"{R}/runs/{{run}}", run=RUNS),
         study=config["study"],
+    conda:
+        "../envs/scaledyn.yaml"
     log:
         f"{R}/logs/run_table.log",
     shell:

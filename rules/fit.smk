@@ -14,6 +14,8 @@ rule fit_run:
         ),
     resources:
         **cluster(gpu=False),
+    conda:
+        "../envs/scaledyn.yaml"
     log:
         f"{R}/logs/fit/{{run}}.log",
     shell:
@@ -27,6 +29,8 @@ rule fit_scaling:
     output:
         table=f"{R}/fits/scaling.csv",
         summary=f"{R}/fits/scaling.txt",
+    conda:
+        "../envs/scaledyn.yaml"
     log:
         f"{R}/logs/fit/scaling.log",
     shell:

@@ -22,10 +22,13 @@ rule report:
         table_md=f"{R}/report/fits.md",
         table_tex=f"{R}/report/fits.tex",
     params:
+        results=lambda w, output: root_of(output[0]),
         runs=RUNS,
         hist=config["report"]["histogram_steps"],
+    conda:
+        "../envs/scaledyn.yaml"
     log:
         f"{R}/logs/report.log",
     shell:
-        "scaledyn report --results {R} --runs {params.runs} --histogram-steps {params.hist}"
-        " --out {R}/report > {log} 2>&1"
+        "scaledyn report --results {params.results} --runs {params.runs} --histogram-steps {params.hist}"
+        " --out {params.results}/report > {log} 2>&1"

@@ -20,6 +20,8 @@ rule train:
         nodes=lambda w: train_nodes(w.run),
         runtime=lambda w, attempt: config["slurm"]["train_runtime_min"] * attempt,
         mem_mb=lambda w, attempt: config["slurm"]["train_mem_mb"] * attempt,
+    conda:
+        "../envs/scaledyn.yaml"
     log:
         f"{R}/logs/train/{{run}}.log",
     shell:

@@ -8,10 +8,14 @@ rule zsl_dtt:
         f"{R}/zsl/dtt/{{run}}.parquet",
     resources:
         **cluster(gpu=False),
+    params:
+        results=lambda w, output: root_of(output[0]),
+    conda:
+        "../envs/scaledyn.yaml"
     log:
         f"{R}/logs/zsl/dtt_{{run}}.log",
     shell:
-        "scaledyn zsl-dtt --losses {R}/losses --run {wildcards.run} --out {output} > {log} 2>&1"
+        "scaledyn zsl-dtt --losses {params.results}/losses --run {wildcards.run} --out {output} > {log} 2>&1"
 
 
 rule zsl_dt1:
@@ -22,6 +26,7 @@ rule zsl_dt1:
         table=f"{R}/zsl/dt1/{{run}}/step_{{step}}.parquet",
         changes=f"{R}/zsl/changes/run={{run}}/step={{step}}/part-0.parquet",
     params:
+        results=lambda w, output: root_of(output[0]),
         opts=lambda w: (
             ("" if config["zsl"]["gradient_view"] else "--no-gradient-view ")
             + f"--coordinate-max-params {config['zsl']['coordinate_max_params']}"
@@ -30,11 +35,13 @@ rule zsl_dt1:
         ),
     resources:
         **cluster(gpu=True),
+    conda:
+        "../envs/scaledyn.yaml"
     log:
         f"{R}/logs/zsl/dt1_{{run}}_{{step}}.log",
     shell:
-        "scaledyn zsl-dt1 --run-dir {R}/runs/{wildcards.run} --step {wildcards.step} --data {R}/data"
-        " --out {output.table} --changes-root {R}/zsl {params.opts} > {log} 2>&1"
+        "scaledyn zsl-dt1 --run-dir {params.results}/runs/{wildcards.run} --step {wildcards.step} --data {params.results}/data"
+        " --out {output.table} --changes-root {params.results}/zsl {params.opts} > {log} 2>&1"
 
 
 rule zsl_merge:
@@ -43,6 +50,8 @@ rule zsl_merge:
         expand(f"{R}/zsl/dt1/{{run}}/step_{{step}}.parquet", run=RUNS, step=DT1_STEPS),
     output:
         f"{R}/zsl/zsl.parquet",
+    conda:
+        "../envs/scaledyn.yaml"
     log:
         f"{R}/logs/zsl/merge.log",
     shell:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import atomic
-from .model import CheckpointError
+from .errors import CheckpointError
 
 COMPLETE = "COMPLETE"
 

@@ -212,14 +212,11 @@ def main(argv=None) -> None:
     sp.add_argument("--out", required=True, help="report directory")
 
     args = p.parse_args(argv)
-    from .config import ConfigError
-    from .data import DataError
-    from .fit import CurveError
-    from .model import CheckpointError
+    from .errors import ScaledynError
 
     try:
         args.fn(args)
-    except (ConfigError, DataError, CheckpointError, CurveError) as e:
+    except ScaledynError as e:
         sys.exit(f"scaledyn {args.cmd}: error: {e}")
 
 

@@ -16,12 +16,9 @@ import jsonschema
 import yaml
 
 from . import sizes as size_presets
+from .errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("schema") / "config.schema.yaml"
-
-
-class ConfigError(ValueError):
-    """A study configuration that cannot run; the message starts with the offending key path."""
 
 
 def _with_defaults(validator_class):

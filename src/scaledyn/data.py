@@ -21,13 +21,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import atomic
+from .errors import DataError
 
 EOS = "<|endoftext|>"
 FILES = {"train": "train.npy", "eval": "eval.npy", "heldout": "heldout.npy"}
-
-
-class DataError(ValueError):
-    """Bad corpus input; the message names the file or config key."""
 
 
 # ----------------------------------------------------------------------------- documents

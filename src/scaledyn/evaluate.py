@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, losses
 from .data import TokenData
-from .model import CheckpointError, load_model, token_losses
+from .errors import CheckpointError
+from .model import load_model, token_losses
 
 
 def per_token_losses(model, tokens: np.ndarray, batch_size: int, device, autocast, desc: str = "") -> np.ndarray:

@@ -20,10 +20,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from . import atomic
-
-
-class CurveError(ValueError):
-    """A loss curve that cannot be fitted; the message names the problem and the row."""
+from .errors import CurveError
 
 
 # ----------------------------------------------------------------------------- input
@@ -132,6 +129,17 @@ def bnsl_log(logx: np.ndarray, theta: np.ndarray) -> np.ndarray:
     return out
 
 
+def bnsl_jac(logx: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Analytic Jacobian of bnsl_log (columns in theta's order); several times faster than differences."""
+    cols = [np.ones_like(logx), -logx]
+    for i in range(2, len(theta), 3):
+        c, logd, f = theta[i : i + 3]
+        z = (logx - logd) / f
+        sp, sig = np.logaddexp(0.0, z), 0.5 * (1 + np.tanh(z / 2))
+        cols += [-f * sp, c * sig, -c * (sp - z * sig)]
+    return np.column_stack(cols)
+
+
 def _finite_slope(logx, logy, lo, hi) -> float:
     m = (logx >= lo) & (logx <= hi)
     if m.sum() < 2:
@@ -174,7 +182,7 @@ def _solve(logx, logy, theta0, bounds) -> Solution | None:
         try:
             theta, cov = optimize.curve_fit(
                 lambda lx, *t: bnsl_log(lx, np.array(t)), logx, logy, p0=theta0, bounds=bounds, method="dogbox",
-                maxfev=MAX_EVALUATIONS,
+                jac=lambda lx, *t: bnsl_jac(lx, np.array(t)), maxfev=MAX_EVALUATIONS,
             )
         except (RuntimeError, ValueError, np.linalg.LinAlgError):
             return None
@@ -185,9 +193,9 @@ def _solve(logx, logy, theta0, bounds) -> Solution | None:
 
 
 def _bounds(logx, n_breaks):
-    span = logx[-1] - logx[0]
-    lo = [-np.inf, -np.inf] + [-np.inf, logx[0] - 0.5 * span, 1e-3] * n_breaks
-    hi = [np.inf, np.inf] + [np.inf, logx[-1] + 0.5 * span, 10.0] * n_breaks
+    """Breaks stay inside the fitted range: outside it a break is not identified by the data."""
+    lo = [-np.inf, -np.inf] + [-np.inf, logx[0], 1e-3] * n_breaks
+    hi = [np.inf, np.inf] + [np.inf, logx[-1], 10.0] * n_breaks
     return lo, hi
 
 
@@ -283,7 +291,11 @@ def break_test(x: np.ndarray, y_raw: np.ndarray, theta: np.ndarray, fit_range: t
     range is no break."""
     logx, logy = np.log(x), np.log(y_raw)
     pl = fit_power_law(x, y_raw)
-    bn = _solve(logx, logy, theta, _bounds(logx, 1)) or Solution(theta, None, float(np.sum((logy - bnsl_log(logx, theta)) ** 2)), len(x))
+    # Start from the main fit and from the power law itself (c1 = 0), so the nested break model
+    # never ends up worse than the power law through a poor local optimum.
+    starts = [theta, np.array([pl.theta[0], pl.theta[1], 0.0, theta[3], theta[4]])]
+    sols = [s for s in (_solve(logx, logy, t0, _bounds(logx, 1)) for t0 in starts) if s is not None]
+    bn = min(sols, key=lambda s: s.sse) if sols else Solution(starts[1], None, pl.sse, len(x))
     logd1 = theta[3]
     n_eff = effective_n(logy - bnsl_log(logx, bn.theta))
     df1, df2 = bn.k - pl.k, n_eff - bn.k

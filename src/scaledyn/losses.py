@@ -22,6 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from . import atomic
+from .errors import SchemaMismatch  # noqa: F401  (re-exported for callers)
 
 PARTITIONING = pa.schema([("run", pa.string()), ("step", pa.int64())])
 
@@ -67,10 +68,6 @@ RUN_FIELDS = [
     ("config_hash", pa.string(), "sha256 (16 hex) of the run spec"),
     ("data_manifest_sha256", pa.string(), "sha256 of the data manifest"),
 ]
-
-
-class SchemaMismatch(ValueError):
-    """Rows whose schema differs from the dataset they would join."""
 
 
 def schema(granularity: str, token_dtype: str = "float32") -> pa.Schema:

@@ -13,6 +13,7 @@ from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # per-shard bars would drown the training bar
 
+from .errors import CheckpointError
 from .sizes import Size
 
 
@@ -60,10 +61,6 @@ def load_model(path, **kwargs) -> torch.nn.Module:
     except Exception as e:  # transformers raises OSError, ValueError or safetensors errors
         raise CheckpointError(f"checkpoint {path}: the model cannot be loaded ({type(e).__name__}: {e})") from None
     return freeze_norms(model)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, partial or corrupt; the message names its directory."""
 
 
 def param_counts(model: torch.nn.Module) -> dict[str, int]:

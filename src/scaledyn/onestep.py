@@ -25,7 +25,8 @@ from . import checkpoint, losses, zsl
 from .config import RunSpec
 from .data import TokenData
 from .evaluate import per_token_losses
-from .model import CheckpointError, load_model, token_losses
+from .errors import CheckpointError
+from .model import load_model, token_losses
 from .train import make_optimizer
 
 

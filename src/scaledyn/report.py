@@ -29,7 +29,8 @@ def _colors(n):
 def fig_loss_curves(curves: dict[str, pd.DataFrame], fits: dict[str, dict]):
     fig, ax = plt.subplots(figsize=(7, 5))
     for color, (run, df) in zip(_colors(len(curves)), curves.items()):
-        ax.plot(df["step"], df["loss"], color=color, alpha=0.35, lw=0.8, label=run)
+        ax.plot(df["step"], df["loss"], color=color, alpha=0.15, lw=0.5, gid="raw")
+        ax.plot(df["step"], fit.log_moving_average(df["loss"].to_numpy()), color=color, lw=1, label=run)
         f = fits[run]
         if f.get("model") == "broken_power_law":
             p = f["broken_power_law"]["params"]
@@ -42,7 +43,7 @@ def fig_loss_curves(curves: dict[str, pd.DataFrame], fits: dict[str, dict]):
             ax.plot(x, post, color=color, ls="--", lw=1, gid="segment")
             ax.axvline(f["t_d"], color=color, ls="-.", lw=0.8, gid="t_d")
     ax.set(xscale="log", yscale="log", xlabel="step", ylabel="training loss (nats)",
-           title="Loss curves, broken-power-law fits (dotted: before t_d, dashed: after)")
+           title="Loss (log moving average; faint: per step), fits (dotted: before t_d, dashed: after)")
     ax.legend(fontsize=8)
     return fig
 

@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 
 from . import atomic, checkpoint
 from .config import RunSpec
-from .data import DataError, TokenData
-from .model import CheckpointError, build_model, param_counts
+from .data import TokenData
+from .errors import CheckpointError, DataError
+from .model import build_model, param_counts
 from .schedule import depends_on_total, lr_factor
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: the job saved a resume checkpoint and wants to be retried

@@ -1,0 +1,299 @@
+"""Performance harness: every figure is measured against a baseline run in the same process.
+
+    python -m benchmarks [--quick] [--json OUT.json] [--only NAME ...]
+
+Writes {"cases": [{"name", "value", "unit", "baseline", "ratio", "note"}]} and prints a table.
+These machines are noisy, so read ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = {}
+
+
+def case(fn):
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t, out
+
+
+def row(name, value, unit, baseline=None, ratio=None, note=""):
+    return {"name": name, "value": value, "unit": unit, "baseline": baseline, "ratio": ratio, "note": note}
+
+
+class Env:
+    """Data and a study shared by the cases, prepared once in a temporary directory."""
+
+    def __init__(self, quick: bool):
+        self.quick = quick
+        self.tmp = Path(tempfile.mkdtemp(prefix="scaledyn-bench-"))
+        from scaledyn.config import load_study
+        from scaledyn.data import prepare
+
+        self.study = load_study({"results": str(self.tmp / "results"), "model": {"sizes": ["tiny-11k", "tiny-25k"]},
+                                 "data": {"max_documents": 200, "tokenizer": {"vocab_size": 2048}, "seq_len": 128,
+                                          "eval_sequences": 256, "heldout_batches": 1},
+                                 "train": {"steps": 300 if quick else 1000, "batch_size": 16, "threads": 1}})
+        self.data = self.study.data_dir
+        prepare(self.study.cfg["data"], 16, self.data)
+
+    def spec(self, size="tiny-25k", **over):
+        spec = self.study.run_spec(f"{size}_s0")
+        return dataclasses.replace(spec, run_dir=str(self.tmp / "runs" / f"{size}-{time.time_ns()}"), **over)
+
+
+@case
+def train_vs_bare_loop(env):
+    import torch
+
+    from scaledyn.data import TokenData
+    from scaledyn.model import build_model
+    from scaledyn.train import BatchOrder, make_optimizer, train
+
+    torch.set_num_threads(1)
+    spec = env.spec()
+
+    def bare():
+        data = TokenData.open(spec.data_dir)
+        tokens = data.split("train")
+        model = build_model(spec.size, data.model_vocab_size, spec.seed)
+        optimizer, scheduler = make_optimizer(model, spec)
+        order = BatchOrder(len(tokens), spec.batch_size, spec.data_seed)
+        model.train()
+        for step in range(1, spec.steps + 1):
+            x = torch.from_numpy(np.asarray(tokens[order.rows(step)], dtype=np.int64))
+            model(input_ids=x, labels=x).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    tokens = spec.steps * spec.batch_size * spec.seq_len
+    t_bare, _ = timed(bare)
+    t_ours, _ = timed(train, spec)
+    return [row("train_vs_bare_loop", tokens / t_ours, "tokens/s", tokens / t_bare, t_bare / t_ours,
+                f"{spec.size.name}, {spec.steps} steps of 16x128; ours logs every step and saves "
+                f"{len(spec.checkpoint_steps)} checkpoints")]
+
+
+@case
+def checkpoint_save_load(env):
+    import torch
+
+    from scaledyn import checkpoint
+    from scaledyn.model import build_model, load_model
+    from scaledyn.train import make_optimizer
+
+    out = []
+    for size in ("tiny-11k", "tiny-25k"):
+        spec = env.spec(size)
+        model = build_model(spec.size, 2048, 0)
+        opt, sched = make_optimizer(model, spec)
+        model(input_ids=torch.zeros(1, 8, dtype=torch.long), labels=torch.zeros(1, 8, dtype=torch.long)).loss.backward()
+        opt.step()
+        t_save, path = timed(checkpoint.save, spec.run_dir, 1, model, opt, sched, {"step": 1})
+        t_load, _ = timed(load_model, path)
+        size_mb = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+        t_raw, _ = timed(torch.save, model.state_dict(), env.tmp / "raw.pt")
+        out.append(row(f"checkpoint_save_seconds_{size}", t_save, "s", t_raw, t_save / t_raw,
+                       f"{size_mb:.2f} MB with optimizer state; baseline: torch.save of the bare state dict"))
+        out.append(row(f"checkpoint_load_seconds_{size}", t_load, "s"))
+    return out
+
+
+def _eval_model(env):
+    from scaledyn.train import train
+
+    spec = env.spec("tiny-25k", steps=16, checkpoint_steps=(16,))
+    train(spec)
+    return spec
+
+
+@case
+def eval_vs_bare_forward(env):
+    import torch
+
+    from scaledyn import checkpoint
+    from scaledyn.data import TokenData
+    from scaledyn.evaluate import evaluate_checkpoint
+    from scaledyn.model import load_model
+
+    torch.set_num_threads(1)
+    spec = _eval_model(env)
+    data = TokenData.open(spec.data_dir)
+    ev = np.asarray(data.split("eval"))
+
+    def bare():
+        model = load_model(checkpoint.directory(spec.run_dir, 16)).eval()
+        with torch.inference_mode():
+            for i in range(0, len(ev), 64):
+                x = torch.from_numpy(ev[i : i + 64].astype(np.int64))
+                model(input_ids=x).logits.float().log_softmax(-1)
+
+    out_root = env.tmp / "losses"
+    t_bare, _ = timed(bare)
+    t_ours, _ = timed(evaluate_checkpoint, spec.run_dir, 16, spec.data_dir, out_root, heldout=False, force=True)
+    n_tok = ev.shape[0] * (ev.shape[1] - 1)
+    files = list(out_root.glob("tokens/**/*.parquet"))
+    bpt = sum(f.stat().st_size for f in files) / n_tok
+    t16, _ = timed(evaluate_checkpoint, spec.run_dir, 16, spec.data_dir, env.tmp / "losses16", heldout=False,
+                   token_dtype="float16")
+    bpt16 = sum(f.stat().st_size for f in (env.tmp / "losses16").glob("tokens/**/*.parquet")) / n_tok
+    return [
+        row("eval_vs_bare_forward", n_tok / t_ours, "tokens/s", n_tok / t_bare, t_bare / t_ours,
+            "per-token losses + Parquet writes vs a bare forward pass with log-softmax, same checkpoint"),
+        row("bytes_per_token_fp32", bpt, "bytes", 4.0, bpt / 4.0,
+            "per-token rows on disk (zstd, with split/example_id/position); baseline: the reference's float32 .pt"),
+        row("bytes_per_token_fp16", bpt16, "bytes", 4.0, bpt16 / 4.0, "evaluate.token_dtype: float16"),
+    ]
+
+
+@case
+def loss_slice_load(env):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scaledyn import losses
+
+    root = env.tmp / "slice"
+    n_seq, seq = 8192, 128  # ~1M per-token losses in one (run, step) partition, two splits
+    rng = np.random.default_rng(0)
+    for step in (1, 2):
+        tbl = pa.Table.from_pydict({
+            "split": ["eval"] * (n_seq // 2 * (seq - 1)) + ["heldout"] * (n_seq // 2 * (seq - 1)),
+            "example_id": np.repeat(np.arange(n_seq, dtype=np.int64), seq - 1),
+            "position": np.tile(np.arange(1, seq, dtype=np.int32), n_seq),
+            "loss": rng.gamma(2, 2, n_seq * (seq - 1)).astype(np.float32)}, schema=losses.schema("tokens"))
+        losses.write_partition(root, "tokens", "r", step, tbl)
+    t, df = timed(losses.load, root, "tokens", runs=["r"], steps=[2], splits=["eval"])
+    t_raw, _ = timed(pq.read_table, losses.partition_path(root, "tokens", "r", 2))
+    return [row("loss_slice_load_seconds", t, "s", t_raw, t / t_raw,
+                f"{len(df):,} per-token losses (one run, step, split) out of {2 * n_seq * (seq - 1):,}; "
+                "baseline: pq.read_table of the whole partition file")]
+
+
+@case
+def jvp_vs_per_position_backward(env):
+    import torch
+
+    from scaledyn import checkpoint
+    from scaledyn.data import TokenData
+    from scaledyn.onestep import jvp_predictions, load_for_step, per_position_predictions, trainable
+
+    torch.set_num_threads(1)
+    spec = _eval_model(env)
+    model, *_ = load_for_step(checkpoint.directory(spec.run_dir, 16))
+    batch = torch.from_numpy(np.asarray(TokenData.open(spec.data_dir).split("eval")[:2 if env.quick else 8], dtype=np.int64))
+    gen = torch.Generator().manual_seed(0)
+    delta = {n: torch.randn(p.shape, generator=gen) * 1e-3 for n, p in trainable(model).items()}
+    t_jvp, fast = timed(jvp_predictions, model, batch, delta)
+    t_ref, slow = timed(per_position_predictions, model, batch, delta)
+    diff = float((fast - slow).abs().max())
+    return [row("jvp_vs_per_position_backward", t_ref / t_jvp, "x speed-up", t_ref, t_ref / t_jvp,
+                f"{batch.shape[0]}x{batch.shape[1] - 1} tokens, tiny-25k; JVP {t_jvp:.3f} s vs per-position backward "
+                f"{t_ref:.2f} s; largest |difference| {diff:.2e}")]
+
+
+def _long_curve(T=262144, seed=0):
+    from scaledyn.fit import bnsl_log
+
+    t = np.arange(1, T + 1, dtype=float)
+    theta = np.array([np.log(10), 0.3, -0.2, np.log(3000), 0.3])
+    return t, np.exp(bnsl_log(np.log(t), theta) + np.random.default_rng(seed).normal(0, 0.02, T))
+
+
+@case
+def fit_262k_curve(env):
+    from scaledyn.fit import Preprocessing, fit_curve, fit_reference, preprocess
+
+    t, y = _long_curve()
+    t_fit, r = timed(fit_curve, t, y, bootstrap=0)
+    x, ys, _ = preprocess(t, y, Preprocessing())
+    t_ref, _ = timed(fit_reference, x, ys)
+    out = [row("fit_262k_curve_seconds", t_fit, "s", t_ref, t_fit / t_ref,
+               f"preprocessing + {12 * 3}-start fit + break test; baseline: one reference start (d1_est = 6000); "
+               f"t_d = {r['t_d']:.0f} (true 3000 before smoothing)")]
+    n = 200 if env.quick else 1000
+    t_boot, _ = timed(fit_curve, t, y, bootstrap=n)
+    out.append(row(f"bootstrap_{n}_seconds", t_boot - t_fit, "s", None, None, f"{n} refits of the 262,144-step curve"))
+    return out
+
+
+@case
+def prepare_default_corpus(env):
+    from scaledyn.data import stdlib_files
+
+    out = env.tmp / "prep"
+    (env.tmp / "prep.yaml").write_text(f"results: {out}\n" + (REPO / "config.yaml").read_text().split("results:")[1].split("\n", 1)[1])
+    t_read, _ = timed(lambda: [p.read_bytes() for p in stdlib_files()])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t, proc = timed(subprocess.run, [sys.executable, "-m", "scaledyn", "prepare-data", "--config", str(env.tmp / "prep.yaml")],
+                    capture_output=True, text=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    m = json.loads((out / "data" / "manifest.json").read_text())
+    return [row("prepare_default_corpus_seconds", t, "s", t_read, t / t_read,
+                f"{m['n_tokens']:,} tokens, vocabulary {m['tokenizer']['vocab_size']}; baseline: reading the corpus files"),
+            row("prepare_default_corpus_peak_mb", max(peak, before) / 1024, "MB", None, None, "peak RSS of the process")]
+
+
+@case
+def paper_dag_dryrun(env):
+    def dry(*extra):
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "all", *extra], cwd=REPO,
+                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-2000:])
+
+    t_default, _ = timed(dry)
+    t_paper, _ = timed(dry, "--configfile", "configs/paper.yaml")
+    return [row("paper_dag_dryrun_seconds", t_paper, "s", t_default, t_paper / t_default,
+                "snakemake -n on configs/paper.yaml (6 sizes, 19 checkpoints each); baseline: the default study")]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="smaller workloads (about 5 minutes here)")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--only", nargs="*", choices=sorted(CASES), help="run only these cases")
+    args = p.parse_args(argv)
+    env = Env(args.quick)
+    rows = []
+    for name, fn in CASES.items():
+        if args.only and name not in args.only:
+            continue
+        t0 = time.perf_counter()
+        rows.extend(fn(env))
+        print(f"[{name}: {time.perf_counter() - t0:.1f} s]", file=sys.stderr)
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'case':<{width}}  {'value':>12}  {'unit':<10} {'baseline':>12}  {'ratio':>8}")
+    for r in rows:
+        base = "" if r["baseline"] is None else f"{r['baseline']:.4g}"
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.3g}"
+        print(f"{r['name']:<{width}}  {r['value']:>12.4g}  {r['unit']:<10} {base:>12}  {ratio:>8}")
+    if args.json:
+        args.json.write_text(json.dumps({"cases": rows, "quick": args.quick, "python": sys.version.split()[0]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Errors that stop a command with a one-line message naming the key, file or row at fault.
+
+Kept free of heavy imports so the CLI can catch them without loading torch or scipy.
+"""
+
+
+class ScaledynError(ValueError):
+    """Base: the CLI prints the message and exits non-zero, without a traceback."""
+
+
+class ConfigError(ScaledynError):
+    """A study configuration that cannot run; the message starts with the offending key path."""
+
+
+class DataError(ScaledynError):
+    """Bad corpus input; the message names the file or config key."""
+
+
+class CheckpointError(ScaledynError):
+    """A checkpoint that is missing, partial or corrupt; the message names its directory."""
+
+
+class CurveError(ScaledynError):
+    """A loss curve that cannot be fitted; the message names the problem and the row."""
+
+
+class SchemaMismatch(ScaledynError):
+    """Rows whose schema differs from the dataset they would join."""
