@@ -51,7 +51,7 @@ class Env:
 
         self.study = load_study({"results": str(self.tmp / "results"), "model": {"sizes": ["tiny-11k", "tiny-25k"]},
                                  "data": {"max_documents": 200, "tokenizer": {"vocab_size": 2048}, "seq_len": 128,
-                                          "eval_sequences": 256, "heldout_batches": 1},
+                                          "eval_sequences": 1024, "heldout_batches": 1},
                                  "train": {"steps": 300 if quick else 1000, "batch_size": 16, "threads": 1}})
         self.data = self.study.data_dir
         prepare(self.study.cfg["data"], 16, self.data)
@@ -202,7 +202,7 @@ def jvp_vs_per_position_backward(env):
     torch.set_num_threads(1)
     spec = _eval_model(env)
     model, *_ = load_for_step(checkpoint.directory(spec.run_dir, 16))
-    batch = torch.from_numpy(np.asarray(TokenData.open(spec.data_dir).split("eval")[:2 if env.quick else 8], dtype=np.int64))
+    batch = torch.from_numpy(np.asarray(TokenData.open(spec.data_dir).split("eval")[:4 if env.quick else 8], dtype=np.int64))
     gen = torch.Generator().manual_seed(0)
     delta = {n: torch.randn(p.shape, generator=gen) * 1e-3 for n, p in trainable(model).items()}
     t_jvp, fast = timed(jvp_predictions, model, batch, delta)

@@ -173,6 +173,7 @@ class Solution:
         return len(self.theta)
 
 
+MAX_TEST_POINTS = 20000  # unsmoothed points used by the break test
 MAX_EVALUATIONS = 1000  # per start: a start that has not converged by then is not the best one
 
 
@@ -363,7 +364,8 @@ def fit_curve(steps, loss, pre: Preprocessing = Preprocessing(), bootstrap: int 
     """Everything FIT.json holds, for one loss curve."""
     steps, loss = validate_curve(steps, loss, source)
     x, y, smooth = preprocess(steps, loss, pre)
-    raw = steps > pre.transient_steps
+    raw = np.flatnonzero(steps > pre.transient_steps)
+    raw = raw[:: max(1, len(raw) // MAX_TEST_POINTS)]  # evenly thinned: enough power, bounded cost
     if len(x) < 7:
         raise CurveError(
             f"{source}: {len(x)} points remain after preprocessing (transient {pre.transient_steps} steps, "
