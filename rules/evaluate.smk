@@ -18,6 +18,7 @@ rule evaluate:
         study=config["study"],
     resources:
         **cluster(gpu=True),
+        gpu=config["slurm"]["eval_gpus"],
     conda:
         "../envs/scaledyn.yaml"
     log:

@@ -35,6 +35,7 @@ rule zsl_dt1:
         ),
     resources:
         **cluster(gpu=True),
+        gpu=config["slurm"]["eval_gpus"],
     conda:
         "../envs/scaledyn.yaml"
     log:

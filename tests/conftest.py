@@ -47,12 +47,20 @@ def tiny_data(tmp_path_factory, tiny_config):
     return out
 
 
-def run_workflow(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """snakemake on the repo's Snakefile in `workdir`, with `config` as its config.yaml."""
+def run_workflow(workdir: Path, config: dict, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """snakemake on the repo's Snakefile in `workdir`, with `config` as its config.yaml.
+
+    A run that outlives `timeout` fails with its output and, on SLURM, why its jobs are pending."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        queue = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %k %T %r %C %m"], capture_output=True,
+                               text=True).stdout if has("squeue") else ""
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        raise AssertionError(f"{' '.join(cmd)} still running after {timeout:.0f} s:\n{out[-4000:]}\nsqueue:\n{queue}") from None
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

@@ -51,7 +51,7 @@ def test_losses_match_the_models_own_loss(tiny_study):
 
 def test_plain_readers_open_the_dataset(tiny_study):
     root = tiny_study / "losses"
-    n = duckdb.sql(
+    n = duckdb.connect().execute(
         f"SELECT count(*) FROM read_parquet('{root}/tokens/**/*.parquet', hive_partitioning=true) "
         "WHERE run = 'tiny-1k_s0' AND step = 64 AND split = 'eval'"
     ).fetchone()[0]

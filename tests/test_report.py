@@ -64,7 +64,8 @@ def test_zsl_figures(inputs):
 def test_scaling_figure_with_regression_band():
     sizes = pd.DataFrame({"N": [1e4, 3e4, 1e5, 3e5], "has_break": True, "L_d": [5.0, 4.6, 4.3, 4.0],
                           "L_d_lo": [4.9, 4.5, 4.2, 3.9], "L_d_hi": [5.1, 4.7, 4.4, 4.1], "r_d": [0.1, 0.12, 0.15, 0.17],
-                          "r_d_lo": [0.09, 0.11, 0.14, 0.16], "r_d_hi": [0.11, 0.13, 0.16, 0.18]})
+                          "r_d_lo": [0.09, 0.11, 0.14, 0.16], "r_d_hi": [0.11, 0.13, 0.16, 0.18],
+                          "c0": [0.30, 0.33, 0.35, 0.38]})
     from scaledyn.trends import regress
 
     sizes["seed"] = 0

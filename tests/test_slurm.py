@@ -26,7 +26,9 @@ def slurm():
 
 
 def slurm_args(*extra):
-    return ["--profile", str(REPO / "profiles" / "slurm"), "--jobs", "4", "--latency-wait", "5", *extra]
+    # This node has 2 CPUs: a group of 4 evaluation jobs (the profile's default) would never start.
+    return ["--group-components", "eval=2", "--profile", str(REPO / "profiles" / "slurm"), "--jobs", "4",
+            "--latency-wait", "5", *extra]
 
 
 def schema_of(root: Path) -> dict:
