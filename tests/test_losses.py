@@ -1,4 +1,7 @@
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import duckdb
@@ -68,6 +71,22 @@ def test_rerun_skips_and_force_rewrites(tiny_study, tmp_path):
     assert not evaluate_checkpoint(run_dir, 8, tiny_study / "data", out)
     assert losses.partition_path(out, "tokens", "tiny-1k_s0", 8).stat().st_mtime_ns == first
     assert evaluate_checkpoint(run_dir, 8, tiny_study / "data", out, force=True)
+
+
+def test_two_process_evaluation_writes_each_example_once(tiny_study, tmp_path):
+    """Two gloo processes (torchrun) split the sequences unpadded; the rows equal a 1-process run's."""
+    run_dir = tiny_study / "runs" / "tiny-1k_s0"
+    evaluate_checkpoint(run_dir, 8, tiny_study / "data", tmp_path / "one")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+                           "-m", "scaledyn", "evaluate", "--run-dir", str(run_dir), "--step", "8", "--data",
+                           str(tiny_study / "data"), "--out", str(tmp_path / "two"), "--batch-size", "5"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for g, key in (("sequences", ["split", "example_id"]), ("tokens", ["split", "example_id", "position"])):
+        one = losses.load(tmp_path / "one", g).sort_values(key)
+        two = losses.load(tmp_path / "two", g).sort_values(key)
+        assert len(two) == len(one) and not two.duplicated(key).any()
+        np.testing.assert_allclose(two["loss"].to_numpy(), one["loss"].to_numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_mixed_schema_is_refused(tiny_study, tmp_path):

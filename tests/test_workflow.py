@@ -26,7 +26,9 @@ def test_default_and_paper_dags_plan_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr
     jobs = planned(proc)
     assert jobs["train"] == 6 and jobs["evaluate"] == 6 * 19 and jobs["zsl_dt1"] == 6 * 6
-    jobs = planned(subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=REPO, capture_output=True, text=True))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--configfile",
+                           str(REPO / "config.yaml"), "--directory", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
+    jobs = planned(proc)
     assert {"prepare_data", "train", "evaluate", "fit_run", "fit_scaling", "zsl_dtt", "zsl_dt1", "report"} <= set(jobs)
 
 

@@ -67,7 +67,8 @@ def evaluate_checkpoint(run_dir, step: int, data_dir, out, batch_size: int = 64,
     if not (ckpt / checkpoint.COMPLETE).exists():
         raise CheckpointError(f"checkpoint {ckpt}: missing or incomplete (no {checkpoint.COMPLETE} marker)")
     state = checkpoint.read_state(ckpt)
-    acc = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    gpu = torch.cuda.is_available()
+    acc = Accelerator(mixed_precision="bf16" if gpu else "no", cpu=not gpu)
     model = load_model(ckpt).to(acc.device).eval()
     data = TokenData.open(data_dir)
 

@@ -133,7 +133,8 @@ def train(spec: RunSpec) -> dict:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     use_bf16 = spec.precision == "bf16" or (spec.precision == "auto" and torch.cuda.is_available())
-    acc = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+    # cpu=True is what makes accelerate (>= 1.1x) join a torchrun/srun process group without GPUs.
+    acc = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
     run_dir = Path(spec.run_dir)
     state_dir = run_dir / "state"
     state_dir.mkdir(parents=True, exist_ok=True)
