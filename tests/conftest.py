@@ -59,8 +59,9 @@ def run_workflow(workdir: Path, config: dict, *args: str, check: bool = True, ti
     except subprocess.TimeoutExpired as e:
         queue = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %k %T %r %C %m"], capture_output=True,
                                text=True).stdout if has("squeue") else ""
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        raise AssertionError(f"{' '.join(cmd)} still running after {timeout:.0f} s:\n{out[-4000:]}\nsqueue:\n{queue}") from None
+        out, err = ((b or b"").decode(errors="replace") for b in (e.stdout, e.stderr))  # bytes even with text=True
+        raise AssertionError(f"{' '.join(cmd)} still running after {timeout:.0f} s:\n{out[-4000:]}\n{err[-4000:]}\n"
+                             f"squeue:\n{queue}") from None
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from . import checkpoint, losses
 from .data import TokenData
 from .errors import CheckpointError
+from .launch import accelerator
 from .model import load_model, token_losses
 
 
@@ -67,8 +67,7 @@ def evaluate_checkpoint(run_dir, step: int, data_dir, out, batch_size: int = 64,
     if not (ckpt / checkpoint.COMPLETE).exists():
         raise CheckpointError(f"checkpoint {ckpt}: missing or incomplete (no {checkpoint.COMPLETE} marker)")
     state = checkpoint.read_state(ckpt)
-    gpu = torch.cuda.is_available()
-    acc = Accelerator(mixed_precision="bf16" if gpu else "no", cpu=not gpu)
+    acc = accelerator(bf16=torch.cuda.is_available())
     model = load_model(ckpt).to(acc.device).eval()
     data = TokenData.open(data_dir)
 

@@ -19,6 +19,17 @@ import subprocess
 import sys
 
 
+def accelerator(bf16: bool):
+    """The Accelerator of a launched process.
+
+    Without CUDA, accelerate (1.1x) joins a torchrun/srun process group only when told cpu=True;
+    left out, every rank would silently train or evaluate alone."""
+    import torch
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not torch.cuda.is_available())
+
+
 def command(args: list[str], gpus: int = 0, nodes: int = 1, port: int = 29500) -> list[str]:
     """argv to run `scaledyn <args>` (for multi-node: a bash -c line for the batch shell)."""
     if args and args[0] == "--":

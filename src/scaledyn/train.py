@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -28,6 +27,7 @@ from . import atomic, checkpoint
 from .config import RunSpec
 from .data import TokenData
 from .errors import CheckpointError, DataError
+from .launch import accelerator
 from .model import build_model, param_counts
 from .schedule import depends_on_total, lr_factor
 
@@ -133,8 +133,7 @@ def train(spec: RunSpec) -> dict:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     use_bf16 = spec.precision == "bf16" or (spec.precision == "auto" and torch.cuda.is_available())
-    # cpu=True is what makes accelerate (>= 1.1x) join a torchrun/srun process group without GPUs.
-    acc = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+    acc = accelerator(use_bf16)
     run_dir = Path(spec.run_dir)
     state_dir = run_dir / "state"
     state_dir.mkdir(parents=True, exist_ok=True)
