@@ -26,6 +26,6 @@ rule all:
     default_target: True
     input:
         f"{R}/losses/runs.parquet",
-        f"{R}/fits/scaling.csv",
+        f"{R}/fits/trends.json",
         f"{R}/zsl/zsl.parquet",
         f"{R}/report/summary.md",

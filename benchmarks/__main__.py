@@ -217,28 +217,31 @@ def jvp_vs_per_position_backward(env):
                 f"{t_ref:.2f} s; largest absolute difference {diff:.2e}")]
 
 
-def _long_curve(T=262144, seed=0):
-    from scaledyn.fit import bnsl_log
+def _break_curve(T: int, seed: int = 0):
+    from scaledyn.curve import validate_curve
+    from scaledyn.powerlaws import bnsl_log
 
     t = np.arange(1, T + 1, dtype=float)
-    theta = np.array([np.log(10), 0.3, -0.2, np.log(3000), 0.3])
-    return t, np.exp(bnsl_log(np.log(t), theta) + np.random.default_rng(seed).normal(0, 0.02, T))
+    theta = [np.log(10), 0.3, -0.2, np.log(np.sqrt(100 * T)), 0.3]
+    return validate_curve(t, np.exp(bnsl_log(np.log(t), theta) + np.random.default_rng(seed).normal(0, 0.02, T)))
 
 
 @case
-def fit_262k_curve(env):
-    from scaledyn.fit import Preprocessing, fit_curve, fit_reference, preprocess
+def fit_curve_seconds(env):
+    """The full default fit (preprocessing, three fits, calibrated test, 200-draw intervals) of a
+    paper-length and a default-study-length curve, against one start of the reference procedure."""
+    from scaledyn.fit import FitOptions, fit_curve, prepare_fit
+    from scaledyn.powerlaws import fit_reference
 
-    t, y = _long_curve()
-    t_fit, r = timed(fit_curve, t, y, bootstrap=0)
-    x, ys, _ = preprocess(t, y, Preprocessing())
-    t_ref, _ = timed(fit_reference, x, ys)
-    out = [row("fit_262k_curve_seconds", t_fit, "s", t_ref, t_fit / t_ref,
-               f"preprocessing + {12 * 3}-start fit + break test; baseline: one reference start (d1_est = 6000); "
-               f"t_d = {r['t_d']:.0f} (true 3000 before smoothing)")]
-    n = 200 if env.quick else 1000
-    t_boot, _ = timed(fit_curve, t, y, bootstrap=n)
-    out.append(row(f"bootstrap_{n}_seconds", t_boot - t_fit, "s", None, None, f"{n} refits of the 262,144-step curve"))
+    out = []
+    for T, aim in ((262144, "< 10 s"), (3000, "< 3 s")):
+        c = _break_curve(T)
+        f = prepare_fit(c, FitOptions())
+        t_ref, _ = timed(fit_reference, f.x, f.y)
+        t_fit, r = timed(fit_curve, c, FitOptions())
+        out.append(row(f"fit_curve_{T}_seconds", t_fit, "s", t_ref, t_fit / t_ref,
+                       f"aim {aim}; verdict {r.verdict}, {r.test.draws} test draws + {len(r.roots)} interval draws; "
+                       f"baseline: one reference dogbox start (d1_est = 6000), no test, no intervals"))
     return out
 
 

@@ -10,7 +10,7 @@ rule fit_run:
         opts=lambda w: (
             f"--smoothing {config['fit']['smoothing']} --subsample {config['fit']['subsample']}"
             f" --transient-steps {config['fit']['transient_steps']} --bootstrap {config['fit']['bootstrap']}"
-            f" --seed {config['fit']['seed']}"
+            f" --alpha {config['fit']['alpha']} --seed {config['fit']['seed']} --input-smoothed no"
         ),
     resources:
         **cluster(gpu=False),
@@ -27,7 +27,8 @@ rule fit_scaling:
         fits=expand(f"{R}/fits/{{run}}.json", run=RUNS),
         runs=expand(f"{R}/runs/{{run}}/run.json", run=RUNS),
     output:
-        table=f"{R}/fits/scaling.csv",
+        sizes=f"{R}/fits/sizes.csv",
+        trends=f"{R}/fits/trends.json",
         summary=f"{R}/fits/scaling.txt",
     conda:
         "../envs/scaledyn.yaml"
@@ -35,4 +36,4 @@ rule fit_scaling:
         f"{R}/logs/fit/scaling.log",
     shell:
         "scaledyn fit-scaling --fits {input.fits} --runs {input.runs}"
-        " --out-table {output.table} --out-summary {output.summary} > {log} 2>&1"
+        " --out-sizes {output.sizes} --out-trends {output.trends} --out-summary {output.summary} > {log} 2>&1"

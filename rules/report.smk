@@ -8,7 +8,7 @@ rule report:
     input:
         logs=expand(f"{R}/runs/{{run}}/train_log.csv", run=RUNS),
         fits=expand(f"{R}/fits/{{run}}.json", run=RUNS),
-        scaling=f"{R}/fits/scaling.csv",
+        scaling=f"{R}/fits/trends.json",
         zsl=f"{R}/zsl/zsl.parquet",
         losses=expand(f"{R}/losses/tokens/run={{run}}/step={{step}}/part-0.parquet", run=RUNS, step=STEPS),
     output:

@@ -1,127 +1,275 @@
+"""Loss-deceleration fits: the estimates, the calibrated break test, intervals, and curve input."""
+
 import json
+import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from scaledyn.fit import (CurveError, Preprocessing, bnsl_log, fit_bnsl, fit_curve, fit_reference, log_moving_average,
-                          log_subsample_mask, preprocess, read_curve_csv)
+from scaledyn.breaktest import bootstrap_pvalue, classify
+from scaledyn.curve import (CurveError, log_moving_average, log_subsample_mask, read_curve_csv, validate_curve)
+from scaledyn.fit import BrokenPowerLawFit, FitOptions, fit_curve, prepare_fit
+from scaledyn.powerlaws import bnsl_log, fit_bnsl, fit_reference
 
-RAW = Preprocessing("none", "log", 100)
+QUICK = FitOptions(bootstrap=49)
+RAW = FitOptions(smoothing="none", subsample="log", transient_steps=100, bootstrap=49)
 
 
-def curve(d1, f1, c0=0.3, c1=-0.2, b=10.0, T=50000, noise=0.01, seed=0):
+def curve(d1, f1, c0=0.3, c1=-0.2, b=10.0, T=50000, noise=0.01, seed=0, sine=0.0):
     t = np.arange(1, T + 1, dtype=float)
-    theta = np.array([np.log(b), c0, c1, np.log(d1), f1])
+    theta = [math.log(b), c0, c1, math.log(d1), f1]
     rng = np.random.default_rng(seed)
-    return t, np.exp(bnsl_log(np.log(t), theta) + rng.normal(0, noise, len(t)))
+    return t, np.exp(bnsl_log(np.log(t), theta) + rng.normal(0, noise, T) + sine * np.sin(2.5 * np.log(t)))
+
+
+def presmoothed(t, y):
+    keep = log_subsample_mask(t)
+    return t[keep], log_moving_average(y)[keep]
+
+
+def write_csv(path, t, y):
+    path.write_text("step,loss\n" + "".join(f"{s:.17g},{v:.9g}\n" for s, v in zip(t, y)))
+    return path
 
 
 # A softer break (larger f1) pins its position and the asymptotic slopes less well, so the stated
 # tolerances grow with f1: (relative on t_d, absolute on c0 and r_d).
 @pytest.mark.parametrize("d1", [500, 2000, 6000])
-@pytest.mark.parametrize("f1, tol_t, tol_slope", [(0.1, 0.1, 0.02), (0.3, 0.15, 0.02), (1.0, 0.4, 0.05)])
+@pytest.mark.parametrize("f1, tol_t, tol_slope", [(0.1, 0.1, 0.02), (0.3, 0.15, 0.02), (0.6, 0.3, 0.04)])
 def test_recovers_known_break(d1, f1, tol_t, tol_slope):
-    t, y = curve(d1, f1)
-    r = fit_curve(t, y, RAW, bootstrap=0)
-    assert r["model"] == "broken_power_law" and r["break_test"]["kind"] == "deceleration"
-    assert r["t_d"] == pytest.approx(d1, rel=tol_t)
-    assert r["c0"] == pytest.approx(0.3, abs=tol_slope)
-    assert r["r_d"] == pytest.approx(0.1, abs=tol_slope)
-    assert r["f1"] == pytest.approx(f1, rel=0.5, abs=0.05)
-    L_d = 10.0 * d1**-0.3
-    assert r["L_d"] == pytest.approx(L_d, rel=0.05)
+    r = fit_curve(validate_curve(*curve(d1, f1)), RAW)
+    assert r.verdict == "deceleration" and r.has_break and r.test.p_value < 0.05
+    d = r.derived()
+    assert d["t_d"] == pytest.approx(d1, rel=tol_t)
+    assert d["c0"] == pytest.approx(0.3, abs=tol_slope)
+    assert d["r_d"] == pytest.approx(0.1, abs=tol_slope)
+    assert d["f1"] == pytest.approx(f1, rel=0.5, abs=0.05)
+    assert d["L_d"] == pytest.approx(10.0 * d1**-0.3, rel=0.05)
+    assert d["slope_ratio"] == pytest.approx(3, rel=0.3)
 
 
-def test_default_preprocessing_recovers_with_noise():
-    t, y = curve(1500, 0.3, noise=0.05, T=50000)
-    r = fit_curve(t, y, bootstrap=50)
-    assert r["model"] == "broken_power_law"
-    assert r["t_d"] == pytest.approx(1500, rel=0.25)  # the log moving average shifts the curve slightly
-    assert r["r_d"] == pytest.approx(0.1, abs=0.03)
-    lo, hi = r["ci"]["t_d"]
-    assert lo < r["t_d"] < hi
-    assert r["L_T_hat"] == pytest.approx(r["L_T"], rel=0.02)
+def test_smoothing_lag_is_corrected_and_intervals_cover():
+    """The log moving average makes a break at 500 look like one at ~545; the bootstrap (which
+    smooths every draw) measures that lag, corrects t_d and centres the interval on the truth."""
+    t, y = curve(500, 0.2, T=3000, noise=0.03)
+    r = fit_curve(validate_curve(t, y), FitOptions(bootstrap=200))
+    d, ci = r.derived(), r.conf_int()
+    assert r.verdict == "deceleration"
+    assert d["t_d"] == pytest.approx(545, rel=0.04)  # the reference pipeline's (lagging) estimate
+    assert d["t_d_corrected"] == pytest.approx(500, rel=0.03)
+    assert ci["t_d"][0] < 500 < ci["t_d"][1]
+    assert ci["L_d"][0] < 10 * 500**-0.3 < ci["L_d"][1] and ci["r_d"][0] < 0.1 < ci["r_d"][1]
+    assert not ci["flags"] and r.other_basin < 0.05
 
 
-@pytest.mark.parametrize("noise", [0.005, 0.02, 0.05])
-def test_pure_power_law_has_no_break(noise):
+@pytest.mark.parametrize("noise", [0.005, 0.03])
+def test_pure_power_law_is_no_break(noise):
     t = np.arange(1, 30001, dtype=float)
     y = 5 * t**-0.2 * np.exp(np.random.default_rng(1).normal(0, noise, len(t)))
-    r = fit_curve(t, y, bootstrap=0)
-    assert r["model"] == "power_law" and not r["break_test"]["has_break"]
-    assert r["t_d"] is None and r["c0"] == pytest.approx(0.2, abs=0.01)
-    assert r["note"].startswith("no break")
+    r = fit_curve(validate_curve(t, y), QUICK)
+    assert r.verdict == "power_law" and not r.has_break
+    j = r.to_json()
+    assert j["t_d"] is None and j["c0"] == pytest.approx(0.2, abs=0.01) and j["note"].startswith("no break")
+    assert j["broken_power_law"]["derived"]["t_d"] > 0  # the rejected broken fit is still shown
+    assert set(j["broken_power_law"]["derived"]["ci"]) >= {"t_d", "L_d", "r_d", "L_T_hat"}
+
+
+@pytest.mark.parametrize("T", [3000, 262144])
+def test_saturating_law_is_a_smooth_bend_not_a_break(T):
+    """The issue's false positive: E + A t^-alpha (no break) was called a break with p = 0."""
+    t = np.arange(1, T + 1, dtype=float)
+    y = (2.5 + 20 * t**-0.35) * np.exp(np.random.default_rng(2).normal(0, 0.02, T))
+    r = fit_curve(validate_curve(t, y), QUICK)
+    assert r.verdict == "smooth_bend" and r.test.null_law == "saturating_power_law"
+    assert r.test.p_value >= 0.05 and r.test.p_value_bend < 0.05
+
+
+def test_presmoothed_break_with_slow_structure_is_found(tmp_path):
+    """The issue's false negative: a real break in a curve shared smoothed and log-subsampled, with
+    slow structure the model lacks, was called a power law (n_effective 4.7, p = 1)."""
+    t, y = curve(6000, 0.1, c0=0.15, c1=-0.12, b=12, T=262144, noise=0.03, sine=0.01)
+    path = write_csv(tmp_path / "published.csv", *presmoothed(t, y))
+    out = tmp_path / "fit.json"
+    proc = subprocess.run([sys.executable, "-m", "scaledyn", "fit-curve", str(path), "--out", str(out), "--smoothing", "none",
+                           "--subsample", "none", "--bootstrap", "99"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    j = json.loads(out.read_text())
+    assert j["verdict"] == "deceleration" and j["model"] == "broken_power_law"
+    assert j["break_test"]["p_value"] < 0.05 and j["break_test"]["sse_ratio"] > 5  # against the better smooth law
+    assert j["preprocessing"]["input_smoothed"] == "log-ma"  # recognised as the reference pipeline's output
+    assert j["ci"]["t_d"][0] < 6000 < j["ci"]["t_d"][1]
+    assert "deceleration" in proc.stdout
+
+
+def test_degenerate_curves():
+    t = np.arange(1, 3001, dtype=float)
+    r = fit_curve(validate_curve(t, np.full(3000, 2.0)), QUICK)
+    assert r.verdict == "power_law" and "noise-free" in r.test.note and r.to_json()["c0"] == pytest.approx(0, abs=1e-9)
+    exact = np.exp(bnsl_log(np.log(t), [math.log(10), 0.3, -0.25, math.log(500), 0.1]))
+    r = fit_curve(validate_curve(t, exact), RAW)
+    assert r.verdict == "deceleration" and r.test.p_value == 0.0 and "noise-free" in r.test.note
+    r = fit_curve(validate_curve(t, exact), QUICK)  # smoothed, it is no longer exactly a BNSL: tested as usual
+    assert r.verdict == "deceleration" and r.test.p_value == pytest.approx(1 / 50)
+
+
+def test_any_step_axis_up_to_1e30():
+    """A tokens or FLOPs axis: no integer overflow in the subsampler, the break stays."""
+    t, y = curve(500, 0.1, T=3000, noise=0.01)
+    scale = 1e26
+    r = fit_curve(validate_curve(t * scale, y), FitOptions(transient_steps=100 * scale, bootstrap=49))
+    assert r.verdict == "deceleration"
+    assert r.derived()["t_d"] / scale == pytest.approx(545, rel=0.05)
+    assert r.T == pytest.approx(3000 * scale)
 
 
 def test_matches_reference_procedure_where_it_converges():
     t, y = curve(6000, 0.3, T=100000, noise=0.02)
-    x, ys, _ = preprocess(t, y, Preprocessing())
-    ref = fit_reference(x, ys, d1_est=6000)
-    mine = fit_bnsl(x, ys)
+    f = prepare_fit(validate_curve(t, y), QUICK)
+    ref = fit_reference(f.x, f.y, d1_est=6000)
+    mine = fit_bnsl(f.x, f.y)
     assert mine.sse <= ref.sse * (1 + 1e-9)
     assert np.allclose(mine.theta, ref.theta, rtol=1e-3, atol=1e-4)
 
 
 def test_deterministic():
     t, y = curve(800, 0.3, T=5000, noise=0.03)
-    assert fit_curve(t, y, bootstrap=30, seed=4) == fit_curve(t, y, bootstrap=30, seed=4)
+    a = fit_curve(validate_curve(t, y), FitOptions(bootstrap=30, seed=4)).to_json()
+    assert a == fit_curve(validate_curve(t, y), FitOptions(bootstrap=30, seed=4)).to_json()
 
 
 def test_preprocessing_matches_definitions():
     y = np.arange(1.0, 11.0)
     ys = log_moving_average(y)
     assert ys[0] == 1 and ys[5] == np.mean(y[4:6]) and ys[9] == np.mean(y[7:10])  # floor(9 / 1.2) = 7
-    steps = np.arange(1, 12001)
+    steps = np.arange(1, 300001)
     kept = steps[log_subsample_mask(steps)]
     assert kept[0] == 10 and 99 in kept and 101 not in kept and 110 in kept and 1100 in kept and 1110 not in kept
-    assert 11000 in kept and 12000 in kept and 11500 not in kept
+    assert 11000 in kept and 11500 not in kept
+    # methodology.md caps the stride at 1,000: 900 points in [1e5, 3e5), not 20
+    assert np.sum((kept >= 100000) & (kept < 300000)) == 200 and 101000 in kept and 300000 in kept
+    sparse = np.arange(7, 50000, 7)  # logged every 7th step: no decade is emptied
+    k = sparse[log_subsample_mask(sparse)]
+    assert all(np.any((k >= 10**d) & (k < 10 ** (d + 1))) for d in (1, 2, 3, 4))
+    huge = np.geomspace(1e20, 1e30, 500)
+    assert log_subsample_mask(huge).sum() == 500  # every row of a sparse 1e30 axis survives
 
 
-def test_k_break_option():
-    t = np.arange(1, 20001, dtype=float)
-    theta = np.array([np.log(10), 0.5, -0.3, np.log(300), 0.2, -0.1, np.log(4000), 0.2])
-    y = np.exp(bnsl_log(np.log(t), theta))
-    r = fit_curve(t, y, RAW, bootstrap=0, n_breaks=2)
-    d = sorted(np.exp([r["broken_power_law"]["params"]["log_d1"], r["broken_power_law"]["params"]["log_d2"]]))
-    assert d[0] == pytest.approx(300, rel=0.1) and d[1] == pytest.approx(4000, rel=0.1)
+def test_break_test_pieces():
+    x = np.log(np.geomspace(100, 3000, 100))
+    decel = [0, 0.3, -0.25, math.log(550), 0.2]
+    assert classify(0.01, 0.05, decel, x) == ("deceleration", "")
+    assert classify(0.2, 0.05, decel, x) == (None, "")
+    verdict, why = classify(0.01, 0.05, [0, 0.3, -0.25, math.log(105), 0.2], x)
+    assert verdict == "smooth_bend" and "edge" in why
+    verdict, why = classify(0.01, 0.05, [0, 0.3, -0.25, math.log(550), 3.0], x)
+    assert verdict == "smooth_bend" and "spread out" in why
+    verdict, why = classify(0.01, 0.05, [0, 0.3, -0.1, math.log(550), 0.2], x)  # c0 / r_d = 1.5
+    assert verdict == "smooth_bend" and "small slope change" in why
+    assert classify(0.01, 0.05, [0, 0.1, 0.2, math.log(550), 0.2], x)[0] == "acceleration"
+
+
+def test_sequential_pvalues_are_valid():
+    """Under the null (observed and simulated statistics exchangeable) P(p <= a) <= a."""
+    rng = np.random.default_rng(0)
+    ps = np.array([bootstrap_pvalue(rng.random(), lambda r: r.random(), lambda s: s, 99, rng)[0] for _ in range(3000)])
+    for a in (0.01, 0.05, 0.2):
+        assert np.mean(ps <= a) <= a + 0.015
+    assert np.mean(ps <= 0.05) >= 0.03
+
+
+def test_results_object_round_trip_and_accessors():
+    t, y = curve(500, 0.2, T=3000, noise=0.03)
+    r = fit_curve(validate_curve(t, y), QUICK)
+    j = json.loads(json.dumps(r.to_json()))
+    back = BrokenPowerLawFit.from_json(j)
+    assert json.loads(json.dumps(back.to_json())) == j
+    assert back.verdict == r.verdict and np.allclose(back.predict([200, 2000]), r.predict([200, 2000]))
+    wide, narrow = back.conf_int(0.05), back.conf_int(0.5)
+    assert wide["t_d"][0] <= narrow["t_d"][0] <= narrow["t_d"][1] <= wide["t_d"][1]
+    assert "deceleration" in back.summary() and "t_d" in back.summary()
+    assert back.predict(1000, law="power_law") != back.predict(1000)
+
+
+def test_duplicate_steps(tmp_path):
+    # a resumed run re-logs steps 5..7; the file also repeats one row exactly
+    text = "step,loss\n1,5\n2,4\n3,3.5\n4,3.2\n5,3.0\n6,2.9\n7,2.8\n5,3.1\n6,2.95\n7,2.85\n8,2.7\n8,2.7\n"
+    p = tmp_path / "c.csv"
+    p.write_text(text)
+    with pytest.warns(UserWarning, match="3 step"):
+        c = read_curve_csv(p)
+    assert c.step.tolist() == [1, 2, 3, 4, 5, 6, 7, 8] and c.loss[4:7].tolist() == [3.1, 2.95, 2.85]
+    assert c.duplicates == {"policy": "last", "exact_repeats_dropped": 1, "conflicting_steps": 3, "rows_dropped": 4}
+    with pytest.warns(UserWarning):
+        assert read_curve_csv(p, "first").loss[4:7].tolist() == [3.0, 2.9, 2.8]
+    with pytest.warns(UserWarning):
+        assert read_curve_csv(p, "mean").loss[4] == pytest.approx(3.05)
+    with pytest.raises(CurveError, match=r"row 8 \(line 9\): step 5 appears 2 times"):
+        read_curve_csv(p, "error")
+    exact = tmp_path / "exact.csv"
+    exact.write_text("step,loss\n1,5\n2,4\n2,4\n3,3\n")
+    assert read_curve_csv(exact, "error").step.tolist() == [1, 2, 3]  # exact repeats are always fine
 
 
 @pytest.mark.parametrize(
-    "text, fragment",
+    "content, fragment",
     [
-        ("step,loss\n1,2.0\n2,nan\n3,1.0\n", "row 2 (line 3): loss is nan"),
-        ("step,loss\n1,2.0\n2,inf\n", "loss is inf"),
-        ("step,loss\n1,2.0\n2,0\n", "row 2 (line 3, step 2): loss 0 is not positive"),
-        ("step,loss\n1,2.0\n2,-1\n", "loss -1 is not positive"),
-        ("step,loss\n1,2.0\n3,1.5\n2,1.0\n", "row 3 (line 4): step 2 comes after step 3"),
-        ("step,loss\n1,2.0\n2,1.5\n2,1.0\n", "row 3 (line 4): step 2 is duplicated"),
-        ("step,value\n1,2.0\n", "missing column(s) ['loss']"),
-        ("step,loss\n1,2.0\n2,abc\n", "row 2 (line 3): loss 'abc' is not a number"),
-        ("step,loss\n" + "".join(f"{s},{3 / s:.4f}\n" for s in range(1, 105)), "points remain after preprocessing"),
+        (b"step,loss\n1,2.0\n2,nan\n3,1.0\n", "row 2 (line 3): loss is nan"),
+        (b"step,loss\n1,2.0\n2,inf\n", "loss is inf"),
+        (b"step,loss\n1,2.0\n2,0\n", "row 2 (line 3): loss 0 is not positive"),
+        (b"step,loss\n1,2.0\n2,-1\n", "loss -1 is not positive"),
+        (b"step,loss\n1,2.0\n3,1.5\n2,1.0\n", "row 3 (line 4): step 2 comes after step 3"),
+        (b"step,value\n1,2.0\n", "missing column(s) ['loss']"),
+        (b"step,loss\n1,2.0\n2,abc\n", "row 2 (line 3): loss 'abc' is not a number"),
+        (b"step,loss\n1,2.0\n2,\n", "row 2 (line 3): loss is empty"),
+        (b"step,loss\n", "header only, no data rows"),
+        (b"", "empty file"),
+        (b"step,loss\n1,2.0\n2,1.5\xff\n", "not UTF-8 text (byte 0xff"),
+        (b"step,loss\n" + b"".join(f"{s},{3 / s:.4f}\n".encode() for s in range(1, 105)), "points remain after preprocessing"),
     ],
 )
-def test_bad_curves_are_refused_with_the_row(tmp_path, text, fragment):
+def test_bad_curves_are_refused_with_the_row(tmp_path, content, fragment):
     p = tmp_path / "c.csv"
-    p.write_text(text)
+    p.write_bytes(content)
     with pytest.raises(CurveError) as e:
-        steps, loss = read_curve_csv(p)
-        fit_curve(steps, loss)
+        fit_curve(read_curve_csv(p), QUICK)
     assert fragment in str(e.value)
 
 
 def test_cli_contract(tmp_path):
     t, y = curve(700, 0.3, T=4000, noise=0.02)
-    (tmp_path / "c.csv").write_text("step,loss\n" + "".join(f"{int(s)},{v:.6f}\n" for s, v in zip(t, y)))
+    path = write_csv(tmp_path / "c.csv", t, y)
     out = tmp_path / "fit.json"
-    proc = subprocess.run([sys.executable, "-m", "scaledyn", "fit-curve", str(tmp_path / "c.csv"), "--out", str(out),
-                           "--smoothing", "none", "--subsample", "log", "--transient-steps", "50"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "scaledyn", "fit-curve", str(path), "--out", str(out),
+                           "--smoothing", "none", "--subsample", "log", "--transient-steps", "50", "--bootstrap", "49"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(out.read_text())
-    assert {"t_d", "L_d", "r_d", "c0", "c1", "f1", "b", "rsle", "L_T_hat", "L_T", "ci", "break_test"} <= set(r)
+    assert {"t_d", "L_d", "r_d", "c0", "c1", "f1", "b", "rsle", "L_T_hat", "L_T", "ci", "break_test", "verdict"} <= set(r)
     assert set(r["ci"]) >= {"t_d", "L_d", "r_d"} and len(r["ci"]["t_d"]) == 2
-    assert r["preprocessing"] == {"smoothing": "none", "subsample": "log", "transient_steps": 50}
+    assert r["preprocessing"] == {"smoothing": "none", "subsample": "log", "transient_steps": 50, "input_smoothed": "no"}
+    assert {"verdict", "p_value", "f1", "slope_ratio", "has_break"} <= set(r["break_test"])
     bad = subprocess.run([sys.executable, "-m", "scaledyn", "fit-curve", str(tmp_path / "none.csv"), "--out", str(out)],
                          capture_output=True, text=True)
-    assert bad.returncode != 0 and "none.csv: file not found" in bad.stderr
+    assert bad.returncode != 0 and "none.csv: file not found" in bad.stderr and "Traceback" not in bad.stderr
+    few = subprocess.run([sys.executable, "-m", "scaledyn", "fit-curve", str(path), "--out", str(out), "--bootstrap", "5"],
+                         capture_output=True, text=True)
+    assert few.returncode != 0 and "cannot reach 0.05" in few.stderr
+
+
+def test_calibration_smoke():
+    """The calibration script (benchmarks/) on a few curves: nulls rarely, real breaks nearly always."""
+    from benchmarks import calibrate_breaks as cb
+
+    nulls = cb.summarise(*_scenario(cb, "power_law", (), 40))
+    breaks = cb.summarise(*_scenario(cb, "broken", (("f1", 0.2), ("ratio", 8)), 40))
+    assert nulls["break_rate"] <= 0.15
+    assert breaks["deceleration_rate"] >= 0.9 and breaks["cover_t_d"] >= 0.8
+    table = cb.markdown(__import__("pandas").DataFrame([nulls, breaks]))
+    assert "False-positive rate" in table and "| power_law | iid |" in table
+
+
+def _scenario(cb, truth, params, n):
+    s = cb.Scenario(3000, "raw", truth, params, "iid")
+    return s, [cb.one_curve(s, i) for i in range(n)]

@@ -1,19 +1,32 @@
-import json
+import math
+import types
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
 from scaledyn import report
+from scaledyn.curve import validate_curve
+from scaledyn.fit import FitOptions, fit_curve
+from scaledyn.powerlaws import bnsl_log
+from scaledyn.trends import fit_trend
 
 
 @pytest.fixture(scope="module")
-def inputs(tiny_study):
-    runs = ["tiny-1k_s0", "tiny-6k_s0"]
-    curves = {r: pd.read_csv(tiny_study / "runs" / r / "train_log.csv") for r in runs}
-    fits = {r: json.loads((tiny_study / "fits" / f"{r}.json").read_text()) for r in runs}
-    z = pd.read_parquet(tiny_study / "zsl" / "zsl.parquet")
-    return curves, fits, z
+def res(tiny_study):
+    return report.StudyResults.read(tiny_study, ["tiny-6k_s0", "tiny-1k_s0"], tiny_study / "fits" / "trends.json",
+                                    tiny_study / "zsl" / "zsl.parquet")
+
+
+def with_a_break(res):
+    """The tiny study's runs, with tiny-6k's curve replaced by one that has a clear deceleration."""
+    t = np.arange(1, 3001, dtype=float)
+    y = np.exp(bnsl_log(np.log(t), [math.log(10), 0.3, -0.25, math.log(500), 0.1])
+               + np.random.default_rng(0).normal(0, 0.02, 3000))
+    fits = {**res.fits, "tiny-6k_s0": fit_curve(validate_curve(t, y), FitOptions(bootstrap=49))}
+    curves = {**res.curves, "tiny-6k_s0": pd.DataFrame({"step": t, "loss": y})}
+    return report.StudyResults(res.runs, res.meta, fits, curves, res.trends, res.zsl)
 
 
 def test_outputs_exist(tiny_study):
@@ -24,56 +37,83 @@ def test_outputs_exist(tiny_study):
         assert (out / f"fits.{ext}").exists()
     summary = (out / "summary.md").read_text()
     assert "tiny-1k_s0" in summary and "Zero-sum learning" in summary and "D = " in summary
+    assert "```" not in summary  # renders as Markdown, not a code block
 
 
-def test_loss_curves_one_line_per_size_on_log_axes(inputs):
-    curves, fits, _ = inputs
-    # give one run a fitted break so that the fit, both segments and t_d are drawn
-    fits = {**fits, "tiny-6k_s0": {**fits["tiny-6k_s0"], "model": "broken_power_law", "t_d": 20.0, "L_d": 4.0, "c0": 0.3,
-                                   "r_d": 0.1, "fit_range": [5, 64],
-                                   "broken_power_law": {"params": {"log_b": 2.0, "c0": 0.3, "c1": -0.2, "log_d1": 3.0, "f1": 0.3}}}}
-    fig = report.fig_loss_curves(curves, fits)
+def test_runs_in_size_order_with_fixed_colours(res):
+    assert res.runs == ["tiny-1k_s0", "tiny-6k_s0"]  # by N, whatever order they were given in
+    assert res.label("tiny-1k_s0").startswith("N = ") and not np.allclose(res.color(res.runs[0]), res.color(res.runs[1]))
+
+
+def test_loss_curves_one_line_per_size_on_log_axes(res):
+    fig = report.fig_loss_curves(with_a_break(res))
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert ax.get_xlabel() == "step" and "loss" in ax.get_ylabel()
     labelled = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
-    assert labelled == ["tiny-1k_s0", "tiny-6k_s0"]
-    assert sum(line.get_gid() == "fit" for line in ax.get_lines()) == 1
-    assert sum(line.get_gid() == "segment" for line in ax.get_lines()) == 2
+    assert len(labelled) == 2 and all(label.startswith("N = ") for label in labelled)
+    assert "deceleration" in labelled[1]
+    assert sum(line.get_gid() == "fit" for line in ax.get_lines()) == 2  # every run: its verdict's law
+    assert sum(line.get_gid() == "segment" for line in ax.get_lines()) == 2  # only the break has segments
     assert sum(line.get_gid() == "t_d" for line in ax.get_lines()) == 1
+    assert any(t.get_text().startswith("t_d ") for t in ax.texts)  # the t_d line is labelled
     plt.close(fig)
 
 
-def test_zsl_figures(inputs):
-    _, fits, z = inputs
-    for variant in ("dt=t", "dt=1"):
-        fig = report.fig_zsl(z, variant)
-        assert len(fig.axes) == 3
-        for ax, label in zip(fig.axes, ("D", "M", "|ΔL|")):
-            assert ax.get_xscale() == "log" and label in ax.get_ylabel()
-            assert len(ax.get_lines()) == 2  # one per size
-        assert len(fig.axes[0].collections) == 2  # the ± std bands
-        plt.close(fig)
-    fig = report.fig_d_vs_m(z, {"tiny-1k_s0": {"t_d": 10.0}})
+def test_zsl_figures(res):
+    fig = report.fig_zsl(res, "dt=t")
+    for ax, label in zip(fig.axes, ("D", "M", "|ΔL|")):
+        assert ax.get_xscale() == "log" and label in ax.get_ylabel()
+        assert len(ax.get_lines()) == 2  # one per size
+    assert len(fig.axes[0].collections) == 2  # the ± std bands
+    plt.close(fig)
+    fig = report.fig_zsl(res, "dt=1")
+    for ax in fig.axes:
+        assert len(ax.containers) == 2  # measured points with error bars, one set per size
+        assert all(line.get_linestyle() == "None" for line in ax.get_lines() if len(line.get_xdata()) > 1)
+    plt.close(fig)
+    fig = report.fig_d_vs_m(with_a_break(res))
     ax = fig.axes[0]
     assert ax.get_xlabel().startswith("M") and ax.get_ylabel() == "D"
     assert sum(line.get_gid() == "t_d" for line in ax.get_lines()) == 1
     plt.close(fig)
 
 
-def test_scaling_figure_with_regression_band():
-    sizes = pd.DataFrame({"N": [1e4, 3e4, 1e5, 3e5], "has_break": True, "L_d": [5.0, 4.6, 4.3, 4.0],
-                          "L_d_lo": [4.9, 4.5, 4.2, 3.9], "L_d_hi": [5.1, 4.7, 4.4, 4.1], "r_d": [0.1, 0.12, 0.15, 0.17],
-                          "r_d_lo": [0.09, 0.11, 0.14, 0.16], "r_d_hi": [0.11, 0.13, 0.16, 0.18],
-                          "c0": [0.30, 0.33, 0.35, 0.38]})
-    from scaledyn.trends import regress
-
-    sizes["seed"] = 0
-    trends = regress(sizes)
-    assert trends.set_index("target").loc["r_d", "slope"] > 0
-    fig = report.fig_scaling(sizes, trends)
+def test_scaling_figure_with_weighted_trend():
+    sizes = pd.DataFrame({"run": list("abcd"), "size": list("abcd"), "N": [1e4, 3e4, 1e5, 3e5], "verdict": "deceleration",
+                          "L_d": [5.0, 4.6, 4.3, 4.0], "L_d_lo": [4.9, 4.5, 4.2, 3.9], "L_d_hi": [5.1, 4.7, 4.4, 4.1],
+                          "L_d_se": 0.01, "r_d": [0.1, 0.12, 0.15, 0.17], "r_d_lo": [0.09, 0.11, 0.14, 0.16],
+                          "r_d_hi": [0.11, 0.13, 0.16, 0.18], "r_d_se": 0.005, "c0": 0.3, "c0_se": 0.01})
+    trends = [fit_trend(sizes, t) for t in ("log L_d", "r_d", "c0")]
+    res = types.SimpleNamespace(sizes=sizes, trends=trends, color=lambda r: "C0", label=lambda r: f"N of {r}")
+    fig = report.fig_scaling(res)
     for ax in fig.axes:
         assert ax.get_xscale() == "log"
         assert len(ax.collections) >= 1  # the confidence band
-        assert any("OLS" in t.get_text() for t in ax.get_legend().get_texts())
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any("WLS trend" in t and "significant" in t for t in texts)
     plt.close(fig)
+    few = types.SimpleNamespace(sizes=sizes.assign(verdict=["power_law"] * 3 + ["deceleration"]),
+                                trends=[fit_trend(sizes.assign(verdict="power_law"), t) for t in ("log L_d", "r_d", "c0")],
+                                color=lambda r: "C0", label=lambda r: r)
+    fig = report.fig_scaling(few)
+    assert all("no trend" in " ".join(t.get_text() for t in ax.texts) for ax in fig.axes)
+    plt.close(fig)
+
+
+def test_histograms_do_not_pile_outliers_into_edge_bins(res):
+    x = np.concatenate([np.random.default_rng(0).normal(0, 0.1, 100000), np.full(50, 50.0)])
+    fig = report.fig_histograms(res, {"tiny-1k_s0": (16, x)})
+    heights = fig.axes[0].patches[0].get_path().vertices[1:-1:2, 1]  # one per bin
+    assert heights[-1] < 2 * heights[-3]  # clipped outliers would make the edge bin a spike (~8x here)
+    assert "beyond" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    plt.close(fig)
+
+
+def test_summary_claims_only_what_verdicts_support(res):
+    text = report.summary_markdown(res)
+    if all(f.verdict != "deceleration" for f in res.fits.values()):
+        assert "show no abrupt deceleration" in text and "no trend with size is significant" in text
+    assert "one seed per size" in text
+    text = report.summary_markdown(with_a_break(res))
+    assert "deceleration at t_d =" in text and "95% CI" in text

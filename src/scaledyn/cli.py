@@ -80,16 +80,19 @@ def cmd_export(args) -> None:
 
 
 def cmd_fit_curve(args) -> None:
-    from .fit import fit_curve_file
+    from .fit import FitOptions, fit_curve_file
 
-    fit_curve_file(args.input, args.out, smoothing=args.smoothing, subsample=args.subsample,
-                   transient_steps=args.transient_steps, bootstrap=args.bootstrap, seed=args.seed)
+    options = FitOptions(smoothing=args.smoothing, subsample=args.subsample, transient_steps=args.transient_steps,
+                         input_smoothed=args.input_smoothed, on_duplicate=args.on_duplicate, bootstrap=args.bootstrap,
+                         alpha=args.alpha, seed=args.seed)
+    print(fit_curve_file(args.input, args.out, options).summary(), end="")
 
 
 def cmd_fit_scaling(args) -> None:
     from .trends import fit_scaling_files
 
-    fit_scaling_files(args.fits, args.runs, args.out_table, args.out_summary)
+    fit_scaling_files(args.fits, args.runs, args.out_sizes, args.out_trends, args.out_summary)
+    print(Path(args.out_summary).read_text(), end="")
 
 
 def cmd_zsl_dtt(args) -> None:
@@ -116,6 +119,16 @@ def cmd_report(args) -> None:
     from .report import build_report
 
     build_report(args.results, args.runs, args.out, histogram_steps=args.histogram_steps)
+
+
+def _at_least(n: int):
+    def parse(text: str) -> int:
+        v = int(text)
+        if v < n:
+            raise argparse.ArgumentTypeError(f"{v} is fewer than {n}: a bootstrap p-value cannot reach 0.05 with fewer draws")
+        return v
+
+    return parse
 
 
 def main(argv=None) -> None:
@@ -170,19 +183,25 @@ def main(argv=None) -> None:
     sp.add_argument("--out", required=True, help="directory, or a .tar/.tar.gz/.zip archive")
     sp.add_argument("--runs", nargs="*", help="only these runs")
 
-    sp = add("fit-curve", cmd_fit_curve, "Fit a one-break broken power law to a step,loss CSV.")
-    sp.add_argument("input")
-    sp.add_argument("--out", required=True)
+    sp = add("fit-curve", cmd_fit_curve, "Test a step,loss CSV for an abrupt deceleration and fit the broken power law.")
+    sp.add_argument("input", help="CSV with columns step and loss (other columns are ignored)")
+    sp.add_argument("--out", required=True, help="FIT.json to write")
     sp.add_argument("--smoothing", choices=["log-ma", "none"], default="log-ma")
     sp.add_argument("--subsample", choices=["log", "none"], default="log")
-    sp.add_argument("--transient-steps", type=int, default=100)
-    sp.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for intervals (0 = none)")
+    sp.add_argument("--transient-steps", type=float, default=100, help="fit only steps above this")
+    sp.add_argument("--input-smoothed", choices=["auto", "no", "log-ma", "other"], default="auto",
+                    help="was the curve smoothed before? auto: log-subsampled steps mean yes (log-ma)")
+    sp.add_argument("--on-duplicate", choices=["last", "first", "mean", "error"], default="last",
+                    help="a step logged twice with different losses (a resumed run): which value to keep")
+    sp.add_argument("--bootstrap", type=_at_least(19), default=200, help="draws for the test and the intervals")
+    sp.add_argument("--alpha", type=float, default=0.05, help="significance level of the break test")
     sp.add_argument("--seed", type=int, default=0)
 
-    sp = add("fit-scaling", cmd_fit_scaling, "Regress L_d, r_d and c0 on log N across sizes.")
+    sp = add("fit-scaling", cmd_fit_scaling, "Trends of L_d, r_d and c0 with log N across sizes (weighted by their uncertainty).")
     sp.add_argument("--fits", nargs="+", required=True)
     sp.add_argument("--runs", nargs="+", required=True, help="run.json files, same order as --fits")
-    sp.add_argument("--out-table", required=True)
+    sp.add_argument("--out-sizes", required=True, help="per-run table (CSV)")
+    sp.add_argument("--out-trends", required=True, help="the trends (JSON, ScalingTrend.from_json)")
     sp.add_argument("--out-summary", required=True)
 
     sp = add("zsl-dtt", cmd_zsl_dtt, "D, M, |dL| between consecutive checkpoints from the exported losses.")

@@ -1,13 +1,16 @@
 """The paper's figures and tables for a finished study, plus a Markdown summary.
 
-Every figure function returns its matplotlib Figure, so tests check what it claims (lines per size,
-log axes, labels) instead of pixels.
+Everything is read back as typed results (BrokenPowerLawFit, ScalingTrend), and every statement in
+the summary follows from a verdict or an interval. Runs are ordered by model size, then seed, and
+each size keeps one colour in every figure. Every figure function returns its matplotlib Figure,
+so tests check what it claims (lines per size, log axes, labels) instead of pixels.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,78 +20,132 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import atomic, fit, losses, zsl  # noqa: E402
+from . import atomic, losses, zsl  # noqa: E402
+from .curve import log_moving_average  # noqa: E402
+from .fit import BrokenPowerLawFit  # noqa: E402
+from .trends import ScalingTrend, per_size_table, read_trends, summary_text  # noqa: E402
 
 FIGURES = ("loss_curves", "scaling_trends", "zsl_dtt", "zsl_dt1", "d_vs_m", "loss_change_hist")
+BREAKS = ("deceleration", "acceleration")
 
 
-def _colors(n):
-    return plt.cm.viridis(np.linspace(0.05, 0.9, max(n, 1)))
+def fmt_n(n: float) -> str:
+    """1408 -> 1.4k, 25344 -> 25k, 1.4e7 -> 14M."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            v = n / div
+            return f"{v:.2g}{unit}" if v < 10 else f"{v:.0f}{unit}"
+    return f"{n:.0f}"
 
 
-def fig_loss_curves(curves: dict[str, pd.DataFrame], fits: dict[str, dict]):
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for color, (run, df) in zip(_colors(len(curves)), curves.items()):
-        ax.plot(df["step"], df["loss"], color=color, alpha=0.15, lw=0.5, gid="raw")
-        ax.plot(df["step"], fit.log_moving_average(df["loss"].to_numpy()), color=color, lw=1, label=run)
-        f = fits[run]
-        if f.get("model") == "broken_power_law":
-            p = f["broken_power_law"]["params"]
-            theta = np.array([p["log_b"], p["c0"], p["c1"], p["log_d1"], p["f1"]])
-            x = np.geomspace(f["fit_range"][0], f["fit_range"][1], 200)
-            ax.plot(x, np.exp(fit.bnsl_log(np.log(x), theta)), color=color, lw=2, gid="fit")
-            pre = f["L_d"] * (x / f["t_d"]) ** (-f["c0"])
-            post = f["L_d"] * (x / f["t_d"]) ** (-f["r_d"])
-            ax.plot(x, pre, color=color, ls=":", lw=1, gid="segment")
-            ax.plot(x, post, color=color, ls="--", lw=1, gid="segment")
-            ax.axvline(f["t_d"], color=color, ls="-.", lw=0.8, gid="t_d")
-    ax.set(xscale="log", yscale="log", xlabel="step", ylabel="training loss (nats)",
-           title="Loss (log moving average; faint: per step), fits (dotted: before t_d, dashed: after)")
-    ax.legend(fontsize=8)
+@dataclass
+class StudyResults:
+    """A finished study as the report reads it: runs in size order, their fits and curves."""
+
+    runs: list[str]
+    meta: dict[str, dict]
+    fits: dict[str, BrokenPowerLawFit]
+    curves: dict[str, pd.DataFrame]
+    trends: list[ScalingTrend]
+    zsl: pd.DataFrame
+
+    @classmethod
+    def read(cls, results: Path, runs: list[str], trends: Path, zsl_table: Path) -> "StudyResults":
+        meta = {r: json.loads((results / "runs" / r / "run.json").read_text()) for r in runs}
+        order = sorted(runs, key=lambda r: (meta[r]["non_embedding_params"], meta[r]["seed"], r))
+        return cls(order, meta,
+                   {r: BrokenPowerLawFit.read(results / "fits" / f"{r}.json") for r in order},
+                   {r: pd.read_csv(results / "runs" / r / "train_log.csv") for r in order},
+                   read_trends(trends), pd.read_parquet(zsl_table))
+
+    @property
+    def sizes(self) -> pd.DataFrame:
+        return per_size_table([self.fits[r] for r in self.runs], [self.meta[r] for r in self.runs])
+
+    def color(self, run: str):
+        sizes = list(dict.fromkeys(self.meta[r]["size"] for r in self.runs))
+        cmap = plt.cm.viridis(np.linspace(0.05, 0.85, max(len(sizes), 2)))
+        return cmap[sizes.index(self.meta[run]["size"])]
+
+    def label(self, run: str) -> str:
+        m = self.meta[run]
+        seeds = {self.meta[r]["seed"] for r in self.runs}
+        return f"N = {fmt_n(m['non_embedding_params'])}" + (f", seed {m['seed']}" if len(seeds) > 1 else "")
+
+    def t_d(self, run: str) -> float | None:
+        """t_d of a run whose verdict is a break, else None."""
+        f = self.fits[run]
+        return f.derived()["t_d"] if f.verdict in BREAKS else None
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def fig_loss_curves(res: StudyResults):
+    fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
+    for k, run in enumerate(res.runs):
+        df, f, color = res.curves[run], res.fits[run], res.color(run)
+        ax.plot(df["step"], df["loss"], color=color, alpha=0.12, lw=0.5, gid="raw")
+        ax.plot(df["step"], log_moving_average(df["loss"].to_numpy()), color=color, lw=1,
+                label=f"{res.label(run)}: {f.verdict.replace('_', ' ')}")
+        x = np.geomspace(*f.fit_range, 200)
+        ax.plot(x, f.predict(x), color=color, lw=2.2, alpha=0.8, gid="fit")
+        if f.verdict in BREAKS:
+            d = f.derived()
+            ax.plot(x, d["L_d"] * (x / d["t_d"]) ** (-d["c0"]), color=color, ls=":", lw=1, gid="segment")
+            ax.plot(x, d["L_d"] * (x / d["t_d"]) ** (-d["r_d"]), color=color, ls="--", lw=1, gid="segment")
+            ax.axvline(d["t_d"], color=color, ls="-.", lw=0.8, gid="t_d")
+            ax.annotate(f"t_d {d['t_d']:.0f}", (d["t_d"], 1 - 0.05 * (k + 1)), xycoords=("data", "axes fraction"),
+                        color=color, fontsize=7, ha="left", xytext=(3, 0), textcoords="offset points")
+    ax.set(xscale="log", yscale="log", xlabel="step", ylabel="training loss (nats)")
+    ax.set_title("Training loss (log moving average; faint: per step) and the verdict's fit\n"
+                 "breaks: dotted before t_d, dashed after", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
     return fig
 
 
-def fig_scaling(sizes: pd.DataFrame, trends: pd.DataFrame):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    d = sizes[sizes["has_break"]]
+def fig_scaling(res: StudyResults):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
+    sizes = res.sizes
+    d = sizes[sizes["verdict"] == "deceleration"]
     for ax, col, target in ((axes[0], "L_d", "log L_d"), (axes[1], "r_d", "r_d")):
-        lo, hi = d[f"{col}_lo"].astype(float), d[f"{col}_hi"].astype(float)
-        ax.errorbar(d["N"], d[col], yerr=[d[col] - lo, hi - d[col]], fmt="o", capsize=3, label="per run (95% CI)")
-        t = trends[trends["target"] == target]
-        if len(t) and not math.isnan(t["slope"].iloc[0]) and len(d) >= 3:
-            import statsmodels.api as sm
-
-            xs = np.log(d["N"].astype(float).to_numpy())
-            ys = np.log(d[col].astype(float)).to_numpy() if col == "L_d" else d[col].astype(float).to_numpy()
-            res = sm.OLS(ys, sm.add_constant(xs)).fit()
-            grid = np.linspace(xs.min(), xs.max(), 50)
-            pred = res.get_prediction(sm.add_constant(grid)).summary_frame(alpha=0.05)
+        for _, r in d.iterrows():
+            ax.errorbar(r["N"], r[col], yerr=[[r[col] - r[f"{col}_lo"]], [r[f"{col}_hi"] - r[col]]], fmt="o", capsize=3,
+                        color=res.color(r["run"]), label=res.label(r["run"]))
+        trend = next(t for t in res.trends if t.target == target)
+        if trend.estimable:
+            grid = np.geomspace(min(trend.N), max(trend.N), 50)
+            mean, lo, hi = trend.predict(grid, alpha=0.05)
             tf = np.exp if col == "L_d" else (lambda v: v)
-            ax.plot(np.exp(grid), tf(pred["mean"]), color="C1", label=f"OLS, p = {t['p_value'].iloc[0]:.2g}")
-            ax.fill_between(np.exp(grid), tf(pred["mean_ci_lower"]), tf(pred["mean_ci_upper"]), color="C1", alpha=0.2)
+            sig = "significant" if trend.significant() else "not significant"
+            ax.plot(grid, tf(mean), color="C3", label=f"WLS trend, p = {trend.p_value:.2g} ({sig})")
+            ax.fill_between(grid, tf(lo), tf(hi), color="C3", alpha=0.15)
         ax.set(xlabel="non-embedding parameters N", ylabel=col)
         if len(d):
             ax.set_xscale("log")
             if col == "L_d":
                 ax.set_yscale("log")
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no run has a detected break", ha="center", transform=ax.transAxes)
-    fig.suptitle("Deceleration loss L_d and post-deceleration rate r_d against model size")
+            ax.legend(fontsize=7)
+        if not trend.estimable:
+            ax.text(0.5, 0.5, f"{len(trend.sizes)} size(s) with a deceleration:\nno trend (need {3})", ha="center",
+                    va="center", transform=ax.transAxes, fontsize=9)
+    fig.suptitle("Deceleration loss L_d and post-deceleration rate r_d against size (95% intervals)", fontsize=10)
     return fig
 
 
-def fig_zsl(table: pd.DataFrame, variant: str, split: str = "eval", granularity: str = "token"):
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+def fig_zsl(res: StudyResults, variant: str, split: str = "eval", granularity: str = "token"):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
+    table = res.zsl
     d = table[(table["variant"] == variant) & (table["split"] == split) & (table["granularity"] == granularity)]
-    runs = sorted(d["run"].unique(), key=lambda r: d[d["run"] == r]["size"].iloc[0])
-    for color, run in zip(_colors(len(runs)), runs):
+    for run in [r for r in res.runs if r in set(d["run"])]:
         r = d[d["run"] == run].sort_values("step")
         for ax, m in zip(axes, zsl.METRICS):
-            ax.plot(r["step"], r[m], "o-", color=color, label=run, ms=3)
-            std = r[f"{m}_std"].astype(float)
-            if std.notna().any():
-                ax.fill_between(r["step"], r[m] - std, r[m] + std, color=color, alpha=0.2)
+            std = r[f"{m}_std"].astype(float).fillna(0)
+            if variant == "dt=t":
+                ax.plot(r["step"], r[m], "o-", color=res.color(run), label=res.label(run), ms=3)
+                ax.fill_between(r["step"], r[m] - std, r[m] + std, color=res.color(run), alpha=0.15)
+            else:  # a few measured checkpoints: points with error bars, no line implying a trend
+                ax.errorbar(r["step"], r[m], yerr=std, fmt="o", capsize=3, color=res.color(run), label=res.label(run))
     for ax, m, label in zip(axes, zsl.METRICS, ("D (destructive interference)", "M (mean |change|)", "|ΔL|")):
         ax.set(xlabel="checkpoint step t", ylabel=label)
         if len(d):
@@ -99,49 +156,104 @@ def fig_zsl(table: pd.DataFrame, variant: str, split: str = "eval", granularity:
             ax.text(0.5, 0.5, f"no {variant} measurements in this study", ha="center", transform=ax.transAxes)
     if len(d):
         axes[0].legend(fontsize=7)
-    fig.suptitle(f"Zero-sum learning, Δt = {variant[3:]} ({split} set, per {granularity}; bands ± std)")
+    spread = "± std over example folds" if variant == "dt=t" else "± std over held-out batches"
+    fig.suptitle(f"Zero-sum learning, Δt = {variant[3:]} ({split} set, per {granularity}; {spread})", fontsize=10)
     return fig
 
 
-def fig_d_vs_m(table: pd.DataFrame, fits: dict[str, dict]):
-    fig, ax = plt.subplots(figsize=(6, 5))
-    d = table[(table["variant"] == "dt=t") & (table["split"] == "eval") & (table["granularity"] == "token")]
-    runs = sorted(d["run"].unique())
-    for color, run in zip(_colors(len(runs)), runs):
+def fig_d_vs_m(res: StudyResults):
+    fig, ax = plt.subplots(figsize=(6.5, 5), layout="constrained")
+    t = res.zsl
+    d = t[(t["variant"] == "dt=t") & (t["split"] == "eval") & (t["granularity"] == "token")]
+    for run in [r for r in res.runs if r in set(d["run"])]:
         r = d[d["run"] == run].sort_values("step")
-        ax.plot(r["M"], r["D"], "o-", color=color, ms=3, label=run)
-        t_d = fits.get(run, {}).get("t_d")
+        ax.plot(r["M"], r["D"], "o-", color=res.color(run), ms=3, label=res.label(run))
+        t_d = res.t_d(run)
         if t_d and len(r):
             i = int(np.argmin(np.abs(np.log(r["step"].to_numpy()) - math.log(t_d))))
-            ax.plot(r["M"].iloc[i], r["D"].iloc[i], "*", color=color, ms=14, mec="k", gid="t_d")
-    ax.set(xscale="log", xlabel="M (mean |per-token loss change|)", ylabel="D",
-           title="D against M over training (star: checkpoint nearest t_d)")
-    ax.legend(fontsize=8)
+            ax.plot(r["M"].iloc[i], r["D"].iloc[i], "*", color=res.color(run), ms=14, mec="k", gid="t_d")
+    ax.set(xscale="log", xlabel="M (mean |per-token loss change|)", ylabel="D")
+    ax.set_title("D against M over training, Δt = t (star: checkpoint nearest a detected t_d)", fontsize=10)
+    ax.legend(fontsize=7)
     return fig
 
 
-def fig_histograms(changes: dict[str, tuple[int, np.ndarray]]):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for color, (run, (step, x)) in zip(_colors(len(changes)), changes.items()):
-        lim = np.quantile(np.abs(x), 0.995) if len(x) else 1
-        ax.hist(np.clip(x, -lim, lim), bins=80, histtype="step", color=color, density=True,
-                label=f"{run}: steps {step}→{2 * step}")
-    ax.set(yscale="log", xlabel="per-token loss change (nats)", ylabel="density",
-           title="Per-token loss changes between checkpoints around t_d (eval set)")
-    ax.legend(fontsize=8)
+def fig_histograms(res: StudyResults, changes: dict[str, tuple[int, np.ndarray]]):
+    """Per-token loss changes; values beyond the common range are counted, not piled into the edge bins."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    every = np.concatenate([x for _, x in changes.values()]) if changes else np.zeros(1)
+    lim = float(np.quantile(np.abs(every), 0.999)) or 1.0
+    bins = np.linspace(-lim, lim, 81)
+    for run, (step, x) in changes.items():
+        outside = np.mean(np.abs(x) > lim)
+        ax.hist(x, bins=bins, histtype="step", color=res.color(run), density=True,
+                label=f"{res.label(run)}: steps {step}→{2 * step} ({outside:.2%} beyond ±{lim:.2g})")
+    ax.set(yscale="log", xlabel="per-token loss change (nats)", ylabel="density")
+    ax.set_title("Per-token loss changes between checkpoints t → 2t around t_d (evaluation set)", fontsize=10)
+    ax.legend(fontsize=7)
     return fig
+
+
+# ----------------------------------------------------------------------------- tables and text
+
+
+TABLE = {"run": "run", "N": "N", "verdict": "verdict", "p_value": "p", "t_d": "t_d", "t_d_lo": "t_d lo", "t_d_hi": "t_d hi",
+         "t_d_corrected": "t_d corr.", "L_d": "L_d", "L_d_lo": "L_d lo", "L_d_hi": "L_d hi", "r_d": "r_d", "r_d_lo": "r_d lo",
+         "r_d_hi": "r_d hi", "c0": "c0", "f1": "f1", "slope_ratio": "c0/r_d", "L_T_hat": "L̂_T", "L_T": "L_T"}
 
 
 def fit_table(sizes: pd.DataFrame) -> pd.DataFrame:
-    cols = ["run", "N", "has_break", "t_d", "t_d_lo", "t_d_hi", "L_d", "L_d_lo", "L_d_hi", "r_d", "r_d_lo", "r_d_hi",
-            "c0", "c1", "f1", "L_T_hat", "L_T", "rsle"]
-    return sizes[cols]
+    """Per-run table, every number rounded to 4 significant digits (N as an integer)."""
+    t = sizes[list(TABLE)].rename(columns=TABLE).copy()
+    for c in t.columns:
+        if c in ("run", "verdict"):
+            continue
+        t[c] = t[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else
+                        (f"{int(v):,}" if c == "N" else f"{float(v):.4g}"))
+    return t
+
+
+def summary_markdown(res: StudyResults) -> str:
+    sizes = res.sizes
+    lines = ["# Study summary", "", "## Loss deceleration", "",
+             "Each run's training loss is tested for an abrupt break against the better smooth law "
+             "(power law, or E + A t^-alpha); intervals are 95% bootstrap intervals, t_d corrected for the smoothing lag.", "",
+             summary_text(sizes, res.trends).rstrip(), ""]
+    decel = int((sizes["verdict"] == "deceleration").sum())
+    caveats = []
+    if decel < len(sizes):
+        caveats.append(f"{len(sizes) - decel} of {len(sizes)} runs show no abrupt deceleration; their broken fits are in "
+                       "the fit files, not used in the trends")
+    if sizes["seed"].nunique() < 2:
+        caveats.append("one seed per size: the trends rest on bootstrap uncertainty of single runs, not on seed-to-seed spread")
+    if not any(t.significant() for t in res.trends):
+        caveats.append("no trend with size is significant")
+    if caveats:
+        lines += ["What this run does not show:", ""] + [f"- {c}" for c in caveats] + [""]
+    lines += ["## Zero-sum learning around the deceleration step", ""]
+    d = res.zsl[(res.zsl["split"] == "eval") & (res.zsl["granularity"] == "token")]
+    for run in [r for r in res.runs if r in set(d["run"])]:
+        t_d = res.t_d(run)
+        r = d[d["run"] == run]
+        for variant in ("dt=t", "dt=1"):
+            v = r[r["variant"] == variant]
+            if not len(v):
+                continue
+            ref = t_d or float(v["step"].max())
+            row = v.iloc[int(np.argmin(np.abs(np.log(v["step"].to_numpy(dtype=float)) - math.log(ref))))]
+            where = f"t_d ≈ {t_d:.0f}" if t_d else "no deceleration detected: last measured step"
+            lines.append(f"- {run}, Δt = {variant[3:]}, step {int(row['step'])} ({where}): D = {row['D']:.3f} ± "
+                         f"{row['D_std']:.3f}, M = {row['M']:.4f}, |ΔL| = {row['dL']:.4f}")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- assembling
 
 
 def _save(fig, out: Path, name: str) -> None:
     for ext in ("png", "pdf"):
         with atomic.atomic_path(out / f"{name}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=120, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=130)
     plt.close(fig)
 
 
@@ -156,59 +268,34 @@ def _hist_step(steps: list[int], t_d: float | None, requested: list[int]) -> int
     return min(pairs, key=lambda t: abs(math.log(t) - target))
 
 
+def loss_changes(res: StudyResults, losses_root: Path, requested: list[int]) -> dict[str, tuple[int, np.ndarray]]:
+    out = {}
+    for r in res.runs:
+        steps = sorted(int(p.name[5:]) for p in (losses_root / "tokens" / f"run={r}").glob("step=*"))
+        t = _hist_step(steps, res.t_d(r), requested)
+        if t is not None:
+            tok = losses.load(losses_root, "tokens", runs=[r], steps=[t, 2 * t], splits=["eval"])
+            w = tok.pivot_table(index=["example_id", "position"], columns="step", values="loss")
+            out[r] = (t, (w[2 * t] - w[t]).to_numpy())
+    return out
+
+
 def build_report(results, runs: list[str], out, histogram_steps: list[int] = ()) -> dict:
     results, out = Path(results), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    curves = {r: pd.read_csv(results / "runs" / r / "train_log.csv") for r in runs}
-    fits = {r: json.loads((results / "fits" / f"{r}.json").read_text()) for r in runs}
-    table = pd.read_csv(results / "fits" / "scaling.csv")
-    sizes = table[table["kind"] == "size"].copy()
-    sizes["has_break"] = sizes["has_break"].astype(str).str.lower() == "true"
-    trends = table[table["kind"] == "trend"]
-    z = pd.read_parquet(results / "zsl" / "zsl.parquet")
+    res = StudyResults.read(results, runs, results / "fits" / "trends.json", results / "zsl" / "zsl.parquet")
+    _save(fig_loss_curves(res), out, "loss_curves")
+    _save(fig_scaling(res), out, "scaling_trends")
+    _save(fig_zsl(res, "dt=t"), out, "zsl_dtt")
+    _save(fig_zsl(res, "dt=1"), out, "zsl_dt1")
+    _save(fig_d_vs_m(res), out, "d_vs_m")
+    _save(fig_histograms(res, loss_changes(res, results / "losses", list(histogram_steps))), out, "loss_change_hist")
 
-    hist = {}
-    for r in runs:
-        steps = sorted(int(p.name[5:]) for p in (results / "losses" / "tokens" / f"run={r}").glob("step=*"))
-        t = _hist_step(steps, fits[r].get("t_d"), list(histogram_steps))
-        if t is not None:
-            tok = losses.load(results / "losses", "tokens", runs=[r], steps=[t, 2 * t], splits=["eval"])
-            w = tok.pivot_table(index=["example_id", "position"], columns="step", values="loss")
-            hist[r] = (t, (w[2 * t] - w[t]).to_numpy())
-
-    _save(fig_loss_curves(curves, fits), out, "loss_curves")
-    _save(fig_scaling(sizes, trends), out, "scaling_trends")
-    _save(fig_zsl(z, "dt=t"), out, "zsl_dtt")
-    _save(fig_zsl(z, "dt=1"), out, "zsl_dt1")
-    _save(fig_d_vs_m(z, fits), out, "d_vs_m")
-    _save(fig_histograms(hist), out, "loss_change_hist")
-
-    ft = fit_table(sizes)
+    ft = fit_table(res.sizes)
     with atomic.atomic_path(out / "fits.csv") as tmp:
-        ft.to_csv(tmp, index=False)
-    atomic.write_text(out / "fits.md", ft.to_markdown(index=False, floatfmt=".4g") + "\n")
-    atomic.write_text(out / "fits.tex", ft.to_latex(index=False, float_format="%.4g"))
-    summary = summary_markdown(sizes, trends, z, fits)
+        res.sizes.to_csv(tmp, index=False)
+    atomic.write_text(out / "fits.md", ft.to_markdown(index=False) + "\n")
+    atomic.write_text(out / "fits.tex", ft.to_latex(index=False))
+    summary = summary_markdown(res)
     atomic.write_text(out / "summary.md", summary)
     return {"summary": summary}
-
-
-def summary_markdown(sizes, trends, z, fits) -> str:
-    from .trends import summary_text
-
-    lines = ["# Study summary", "", "## Loss deceleration", "", "```", summary_text(sizes, trends).rstrip(), "```", "",
-             "## Zero-sum learning around the deceleration step", ""]
-    d = z[(z["split"] == "eval") & (z["granularity"] == "token")]
-    for run in sorted(d["run"].unique()):
-        t_d = fits.get(run, {}).get("t_d")
-        r = d[d["run"] == run]
-        for variant in ("dt=t", "dt=1"):
-            v = r[r["variant"] == variant]
-            if not len(v):
-                continue
-            ref = t_d or float(v["step"].max())
-            row = v.iloc[int(np.argmin(np.abs(np.log(v["step"].to_numpy(dtype=float)) - math.log(ref))))]
-            lines.append(f"- {run}, Δt = {variant[3:]}, step {int(row['step'])} (t_d ≈ {t_d:.0f}): " if t_d else
-                         f"- {run}, Δt = {variant[3:]}, step {int(row['step'])} (no break): ")
-            lines[-1] += f"D = {row['D']:.3f} ± {row['D_std']:.3f}, M = {row['M']:.4f}, |ΔL| = {row['dL']:.4f}"
-    return "\n".join(lines) + "\n"

@@ -1,83 +1,200 @@
-"""Across sizes: how L_d, r_d and c0 move with model size (OLS on log N, statsmodels)."""
+"""Across sizes: how L_d, r_d and c0 move with model size, using each size's own uncertainty.
+
+Only runs whose verdict is `deceleration` enter (the quantities of a rejected break mean
+nothing). Each size contributes one point: its estimate and standard error, from the bootstrap of
+its fit, or, with several seeds, the mean over seeds and the larger of the seed-to-seed standard
+error and the bootstrap one. The trend is a weighted least-squares line on log N with weights
+1 / se^2 (statsmodels WLS). If the points scatter more around the line than their standard errors
+allow (dispersion > 1, e.g. seed noise a single seed cannot show), the covariance is scaled up by
+that dispersion; it is never scaled down. Slopes are tested with t on n - 2 degrees of freedom.
+A trend is called significant only when that test says so at the stated level.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
+from scipy import stats
 
 from . import atomic
+from .errors import CurveError
+from .fit import BrokenPowerLawFit
 
-TARGETS = {"log_L_d": "log L_d", "r_d": "r_d", "c0": "c0"}
+TARGETS = {"log L_d": ("L_d", True), "r_d": ("r_d", False), "c0": ("c0", False)}  # target: (quantity, log scale)
+MIN_SIZES = 3
 
 
-def per_size_table(fits: list[dict], runs: list[dict]) -> pd.DataFrame:
+@dataclass
+class ScalingTrend:
+    """target = intercept + slope * log N over the sizes with a deceleration, in statsmodels' style."""
+
+    target: str
+    sizes: list[str]
+    N: list[float]
+    y: list[float]
+    se: list[float]
+    slope: float = math.nan
+    intercept: float = math.nan
+    cov: list[list[float]] | None = None
+    dispersion: float = math.nan
+    df: int = 0
+    runs_excluded: int = 0
+    method: str = ("WLS of the per-size estimates on log N, weights 1/se^2 (bootstrap se, or seed spread), "
+                   "covariance scaled by max(1, dispersion), t test on n - 2 df")
+
+    @property
+    def estimable(self) -> bool:
+        return self.cov is not None
+
+    @property
+    def slope_se(self) -> float:
+        return math.sqrt(self.cov[1][1]) if self.estimable else math.nan
+
+    @property
+    def p_value(self) -> float:
+        if not self.estimable or self.slope_se == 0:
+            return math.nan
+        return float(2 * stats.t.sf(abs(self.slope / self.slope_se), self.df))
+
+    def conf_int(self, alpha: float = 0.05) -> tuple[float, float]:
+        if not self.estimable:
+            return math.nan, math.nan
+        q = stats.t.ppf(1 - alpha / 2, self.df)
+        return self.slope - q * self.slope_se, self.slope + q * self.slope_se
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return self.estimable and self.p_value < alpha
+
+    def predict(self, N, alpha: float | None = None):
+        """The line at N (on the target's scale); with alpha, also its confidence band (lo, hi)."""
+        x = np.log(np.asarray(N, float))
+        mean = self.intercept + self.slope * x
+        if alpha is None:
+            return mean
+        X = np.column_stack([np.ones_like(x), x])
+        se = np.sqrt(np.einsum("ij,jk,ik->i", X, np.array(self.cov), X))
+        q = stats.t.ppf(1 - alpha / 2, self.df)
+        return mean, mean - q * se, mean + q * se
+
+    def summary(self, alpha: float = 0.05) -> str:
+        if not self.estimable:
+            n = len(self.sizes)
+            return (f"{self.target} vs log N: not estimable ({n} size{'' if n == 1 else 's'} with a deceleration; "
+                    f"need at least {MIN_SIZES})")
+        lo, hi = self.conf_int(alpha)
+        direction = "falls" if self.slope < 0 else "rises"
+        verdict = "significant" if self.significant(alpha) else "not significant"
+        return (f"{self.target} {direction} with log N: slope {self.slope:.4g} ({1 - alpha:.0%} CI {lo:.4g} .. {hi:.4g}), "
+                f"p = {self.p_value:.3g}, {len(self.sizes)} sizes, dispersion {self.dispersion:.2g}: {verdict} at "
+                f"{alpha:.0%}")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        lo, hi = self.conf_int()
+        d.update(slope_se=self.slope_se, p_value=self.p_value, slope_lo=lo, slope_hi=hi, significant=self.significant())
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}  # strict JSON
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ScalingTrend":
+        fields = cls.__dataclass_fields__
+        return cls(**{k: math.nan if v is None and fields[k].type == "float" else v for k, v in d.items() if k in fields})
+
+
+def size_points(table: pd.DataFrame, target: str) -> pd.DataFrame:
+    """One row per size with a deceleration: estimate and standard error on the target's scale."""
+    quantity, log = TARGETS[target]
+    d = table[table["verdict"] == "deceleration"]
+    rows = []
+    for size, g in d.groupby("size", sort=False):
+        v = np.log(g[quantity].astype(float)) if log else g[quantity].astype(float)
+        boot = g[f"{quantity}_se"].astype(float)
+        se = float(np.sqrt(np.mean(boot**2) / len(g)))
+        if len(g) > 1:
+            se = max(se, float(v.std(ddof=1) / math.sqrt(len(g))))
+        rows.append({"size": size, "N": float(g["N"].iloc[0]), "y": float(v.mean()), "se": se})
+    return pd.DataFrame(rows, columns=["size", "N", "y", "se"])
+
+
+def fit_trend(table: pd.DataFrame, target: str) -> ScalingTrend:
+    pts = size_points(table, target)
+    excluded = int((table["verdict"] != "deceleration").sum())
+    trend = ScalingTrend(target, pts["size"].tolist(), pts["N"].tolist(), pts["y"].tolist(), pts["se"].tolist(),
+                         runs_excluded=excluded)
+    if len(pts) < MIN_SIZES or pts["N"].nunique() < 2 or not np.all(pts["se"] > 0):
+        return trend
+    X = sm.add_constant(np.log(pts["N"].to_numpy()))
+    w = 1 / pts["se"].to_numpy() ** 2
+    res = sm.WLS(pts["y"].to_numpy(), X, weights=w).fit()
+    dispersion = float(res.scale)  # sum w r^2 / (n - 2): 1 if the points scatter as their se say
+    cov = np.asarray(res.normalized_cov_params) * max(1.0, dispersion)
+    trend.slope, trend.intercept = float(res.params[1]), float(res.params[0])
+    trend.cov, trend.dispersion, trend.df = cov.tolist(), dispersion, int(res.df_resid)
+    return trend
+
+
+SIZE_COLUMNS = ["run", "size", "seed", "N", "N_total", "verdict", "p_value", "t_d", "t_d_lo", "t_d_hi", "t_d_corrected",
+                "L_d", "L_d_lo", "L_d_hi", "L_d_se", "r_d", "r_d_lo", "r_d_hi", "r_d_se", "c0", "c0_se", "c1", "f1",
+                "slope_ratio", "L_T_hat", "L_T", "rsle", "other_basin"]
+
+
+def per_size_table(fits: list[BrokenPowerLawFit], runs: list[dict]) -> pd.DataFrame:
+    """One row per run: the broken fit's quantities (whatever the verdict; `verdict` says whether
+    they describe a break), intervals, and bootstrap standard errors on the trend's scales."""
     rows = []
     for f, r in zip(fits, runs):
-        ci = f.get("ci") or {}
-        rows.append({
-            "run": r["run"], "size": r["size"], "seed": r["seed"], "N": r["non_embedding_params"],
-            "N_total": r["total_params"], "has_break": f["break_test"]["has_break"],
-            "t_d": f.get("t_d"), "t_d_lo": (ci.get("t_d") or [None, None])[0], "t_d_hi": (ci.get("t_d") or [None, None])[1],
-            "L_d": f.get("L_d"), "L_d_lo": (ci.get("L_d") or [None, None])[0], "L_d_hi": (ci.get("L_d") or [None, None])[1],
-            "r_d": f.get("r_d"), "r_d_lo": (ci.get("r_d") or [None, None])[0], "r_d_hi": (ci.get("r_d") or [None, None])[1],
-            "c0": f.get("c0"), "c1": f.get("c1"), "f1": f.get("f1"), "L_T_hat": f.get("L_T_hat"), "L_T": f.get("L_T"),
-            "rsle": f.get("rsle"), "delta_bic": f["break_test"]["delta_bic"],
-        })
-    return pd.DataFrame(rows).sort_values(["N", "seed"]).reset_index(drop=True)
-
-
-def regress(sizes: pd.DataFrame, x: str = "N") -> pd.DataFrame:
-    """y = a + slope * log N for each target, over the runs whose curve has a break."""
-    d = sizes[sizes["has_break"]].copy()
-    d["log_L_d"] = np.log(d["L_d"].astype(float))
-    rows = []
-    for col, label in TARGETS.items():
-        ok = d[[col, x]].dropna()
-        row = {"target": label, "n_runs": len(ok), "slope": np.nan, "slope_lo": np.nan, "slope_hi": np.nan,
-               "p_value": np.nan, "intercept": np.nan, "r_squared": np.nan}
-        if len(ok) >= 3 and ok[x].nunique() >= 2:
-            X = sm.add_constant(np.log(ok[x].astype(float).to_numpy()))
-            res = sm.OLS(ok[col].astype(float).to_numpy(), X).fit()
-            lo, hi = res.conf_int(0.05)[1]
-            row.update({"slope": res.params[1], "slope_lo": lo, "slope_hi": hi, "p_value": res.pvalues[1],
-                        "intercept": res.params[0], "r_squared": res.rsquared})
+        d, ci, se = f.derived(), f.conf_int(), f.stderr()
+        row = {"run": r["run"], "size": r["size"], "seed": r["seed"], "N": r["non_embedding_params"],
+               "N_total": r["total_params"], "verdict": f.verdict, "p_value": f.test.p_value,
+               "t_d_corrected": d.get("t_d_corrected"), "c1": d["c1"], "f1": d["f1"], "slope_ratio": d["slope_ratio"],
+               "L_T": f.L_T, "rsle": f.broken.rsle, "other_basin": f.other_basin}
+        for k in ("t_d", "L_d", "r_d", "L_T_hat", "c0"):
+            row[k] = d[k]
+            if k in ("t_d", "L_d", "r_d"):
+                row[f"{k}_lo"], row[f"{k}_hi"] = ci[k] if ci[k] else (None, None)
+            row[f"{k}_se"] = se[k]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["N", "seed"]).reset_index(drop=True)[SIZE_COLUMNS]
 
 
-def summary_text(sizes: pd.DataFrame, trends: pd.DataFrame) -> str:
+def summary_text(sizes: pd.DataFrame, trends: list[ScalingTrend], alpha: float = 0.05) -> str:
     lines = ["Loss deceleration across sizes (N = non-embedding parameters)", ""]
     for _, r in sizes.iterrows():
-        if r["has_break"]:
-            lines.append(f"- {r['run']} (N = {int(r['N']):,}): break at t_d = {r['t_d']:.0f} steps, L_d = {r['L_d']:.3f}, "
-                         f"r_d = {r['r_d']:.3f}")
+        head = f"- {r['run']} (N = {int(r['N']):,}): {r['verdict']}"
+        if r["verdict"] == "deceleration":
+            lines.append(f"{head} at t_d = {r['t_d']:.0f} steps (95% CI {r['t_d_lo']:.0f}-{r['t_d_hi']:.0f}, "
+                         f"bias-corrected {r['t_d_corrected']:.0f}), L_d = {r['L_d']:.3f} ({r['L_d_lo']:.3f}-{r['L_d_hi']:.3f}), "
+                         f"r_d = {r['r_d']:.3f} ({r['r_d_lo']:.3f}-{r['r_d_hi']:.3f}); p = {r['p_value']:.3g}")
         else:
-            lines.append(f"- {r['run']} (N = {int(r['N']):,}): no break detected (a single power law fits as well)")
+            why = {"smooth_bend": "the curve bends, but no abrupt break", "power_law": "a single power law fits as well",
+                   "acceleration": "the loss falls faster after the break"}[r["verdict"]]
+            lines.append(f"{head} ({why}; p = {r['p_value']:.3g})")
     lines.append("")
-    for _, t in trends.iterrows():
-        if math.isnan(t["slope"]):
-            lines.append(f"- {t['target']} vs log N: not estimable ({int(t['n_runs'])} runs with a break; need at least 3)")
-            continue
-        direction = "falls" if t["slope"] < 0 else "rises"
-        sig = "significant" if t["p_value"] < 0.05 else "not significant"
-        lines.append(f"- {t['target']} {direction} with log N: slope {t['slope']:.4f} "
-                     f"(95% CI {t['slope_lo']:.4f} .. {t['slope_hi']:.4f}), p = {t['p_value']:.3g}, "
-                     f"R^2 = {t['r_squared']:.2f}, {int(t['n_runs'])} runs: {sig} at 5%")
+    lines += [f"- {t.summary(alpha)}" for t in trends]
     return "\n".join(lines) + "\n"
 
 
-def fit_scaling_files(fit_paths, run_paths, out_table, out_summary) -> pd.DataFrame:
-    fits = [json.loads(Path(p).read_text()) for p in fit_paths]
-    runs = [json.loads(Path(p).read_text()) for p in run_paths]
+def fit_scaling_files(fit_paths, run_paths, out_sizes, out_trends, out_summary) -> tuple[pd.DataFrame, list[ScalingTrend]]:
+    fits = [BrokenPowerLawFit.read(p) for p in fit_paths]
+    runs = []
+    for p in run_paths:
+        try:
+            runs.append(json.loads(Path(p).read_text()))
+        except (OSError, ValueError) as e:
+            raise CurveError(f"{p}: run metadata unreadable ({e})") from None
     sizes = per_size_table(fits, runs)
-    trends = regress(sizes)
-    table = pd.concat([sizes.assign(kind="size"), trends.assign(kind="trend")], ignore_index=True)
-    with atomic.atomic_path(out_table) as tmp:
-        table.to_csv(tmp, index=False)
+    trends = [fit_trend(sizes, t) for t in TARGETS]
+    with atomic.atomic_path(out_sizes) as tmp:
+        sizes.to_csv(tmp, index=False)
+    atomic.write_json(out_trends, [t.to_json() for t in trends])
     atomic.write_text(out_summary, summary_text(sizes, trends))
-    return table
+    return sizes, trends
+
+
+def read_trends(path) -> list[ScalingTrend]:
+    return [ScalingTrend.from_json(d) for d in json.loads(Path(path).read_text())]
