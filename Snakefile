@@ -1,16 +1,15 @@
 # scaledyn: loss deceleration and zero-sum learning across model sizes.
 #   snakemake --cores 2                                                  the embedded default study
 #   snakemake --profile profiles/slurm --configfile configs/paper.yaml   the paper on a SLURM cluster
+# The config is validated once, by the package against src/scaledyn/schema/config.schema.yaml
+# (rules/common.smk), which also runs the checks a schema cannot express.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: "config.yaml"
-
-
-validate(config, "src/scaledyn/schema/config.schema.yaml", set_default=True)
 
 
 include: "rules/common.smk"
@@ -25,7 +24,7 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        f"{R}/losses/runs.parquet",
-        f"{R}/fits/trends.json",
-        f"{R}/zsl/zsl.parquet",
-        f"{R}/report/summary.md",
+        L.losses.run_table,
+        L.fit_trends,
+        L.zsl_table,
+        L.report.summary,

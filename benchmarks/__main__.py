@@ -54,8 +54,8 @@ class Env:
                                  "data": {"max_documents": 200, "tokenizer": {"vocab_size": 2048}, "seq_len": 128,
                                           "eval_sequences": 1024, "heldout_batches": 1},
                                  "train": {"steps": 300 if quick else 1000, "batch_size": 16, "threads": 1}})
-        self.data = self.study.data_dir
-        prepare(self.study.cfg["data"], 16, self.data)
+        self.data = self.study.layout.data.dir
+        prepare(self.study.data, self.data)
 
     def spec(self, size="tiny-25k", **over):
         spec = self.study.run_spec(f"{size}_s0")
@@ -68,7 +68,8 @@ def train_vs_bare_loop(env):
 
     from scaledyn.data import TokenData
     from scaledyn.model import build_model
-    from scaledyn.train import BatchOrder, make_optimizer, train
+    from scaledyn.optim import lr_at, make_optimizer, set_lr
+    from scaledyn.train import BatchOrder, train
 
     torch.set_num_threads(1)
     spec = env.spec()
@@ -77,15 +78,15 @@ def train_vs_bare_loop(env):
         data = TokenData.open(spec.data_dir)
         tokens = data.split("train")
         model = build_model(spec.size, data.model_vocab_size, spec.seed)
-        optimizer, scheduler = make_optimizer(model, spec)
+        optimizer = make_optimizer(model, spec)
         order = BatchOrder(len(tokens), spec.batch_size, spec.data_seed)
         model.train()
         for step in range(1, spec.steps + 1):
+            set_lr(optimizer, lr_at(spec, step))
             x = torch.from_numpy(np.asarray(tokens[order.rows(step)], dtype=np.int64))
             model(input_ids=x, labels=x).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
             optimizer.step()
-            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
     tokens = spec.steps * spec.batch_size * spec.seq_len
@@ -104,16 +105,16 @@ def checkpoint_save_load(env):
 
     from scaledyn import checkpoint
     from scaledyn.model import build_model, load_model
-    from scaledyn.train import make_optimizer
+    from scaledyn.optim import make_optimizer
 
     out = []
     for size in ("tiny-11k", "tiny-25k"):
         spec = env.spec(size)
         model = build_model(spec.size, 2048, 0)
-        opt, sched = make_optimizer(model, spec)
+        opt = make_optimizer(model, spec)
         model(input_ids=torch.zeros(1, 8, dtype=torch.long), labels=torch.zeros(1, 8, dtype=torch.long)).loss.backward()
         opt.step()
-        t_save, path = timed(checkpoint.save, spec.run_dir, 1, model, opt, sched, {"step": 1})
+        t_save, path = timed(checkpoint.Checkpointer(spec, {}).save, 1, "scheduled", model, opt)
         t_load, _ = timed(load_model, path)
         size_mb = sum(f.stat().st_size for f in path.iterdir()) / 1e6
         t_raw, _ = timed(torch.save, model.state_dict(), env.tmp / "raw.pt")
@@ -135,10 +136,11 @@ def _eval_model(env):
 def eval_vs_bare_forward(env):
     import torch
 
-    from scaledyn import checkpoint
     from scaledyn.data import TokenData
     from scaledyn.evaluate import evaluate_checkpoint
+    from scaledyn.layout import RunPaths
     from scaledyn.model import load_model
+    from scaledyn.options import EvaluateOptions
 
     torch.set_num_threads(1)
     spec = _eval_model(env)
@@ -146,7 +148,7 @@ def eval_vs_bare_forward(env):
     ev = np.asarray(data.split("eval"))
 
     def bare():
-        model = load_model(checkpoint.directory(spec.run_dir, 16)).eval()
+        model = load_model(RunPaths(spec.run_dir).checkpoint(16)).eval()
         with torch.inference_mode():
             for i in range(0, len(ev), 64):
                 x = torch.from_numpy(ev[i : i + 64].astype(np.int64))
@@ -154,12 +156,13 @@ def eval_vs_bare_forward(env):
 
     out_root = env.tmp / "losses"
     t_bare, _ = timed(bare)
-    t_ours, _ = timed(evaluate_checkpoint, spec.run_dir, 16, spec.data_dir, out_root, heldout=False, force=True)
+    no_heldout = dataclasses.replace(EvaluateOptions.defaults(), heldout=False)
+    t_ours, _ = timed(evaluate_checkpoint, spec.run_dir, 16, spec.data_dir, out_root, no_heldout, force=True)
     n_tok = ev.shape[0] * (ev.shape[1] - 1)
     files = list(out_root.glob("tokens/**/*.parquet"))
     bpt = sum(f.stat().st_size for f in files) / n_tok
-    t16, _ = timed(evaluate_checkpoint, spec.run_dir, 16, spec.data_dir, env.tmp / "losses16", heldout=False,
-                   token_dtype="float16")
+    t16, _ = timed(evaluate_checkpoint, spec.run_dir, 16, spec.data_dir, env.tmp / "losses16",
+                   dataclasses.replace(no_heldout, token_dtype="float16"))
     bpt16 = sum(f.stat().st_size for f in (env.tmp / "losses16").glob("tokens/**/*.parquet")) / n_tok
     return [
         row("eval_vs_bare_forward", n_tok / t_ours, "tokens/s", n_tok / t_bare, t_bare / t_ours,
@@ -176,6 +179,7 @@ def loss_slice_load(env):
     import pyarrow.parquet as pq
 
     from scaledyn import losses
+    from scaledyn.layout import LossesPaths
 
     root = env.tmp / "slice"
     n_seq, seq = 16384, 128  # ~1M per-token losses per (run, step, split); two splits
@@ -186,9 +190,9 @@ def loss_slice_load(env):
             "example_id": np.repeat(np.arange(n_seq, dtype=np.int64), seq - 1),
             "position": np.tile(np.arange(1, seq, dtype=np.int32), n_seq),
             "loss": rng.gamma(2, 2, n_seq * (seq - 1)).astype(np.float32)}, schema=losses.schema("tokens"))
-        losses.write_partition(root, "tokens", "r", step, tbl)
+        losses.write_partition(LossesPaths(root).dataset("tokens"), "r", step, tbl)
     t, df = timed(losses.load, root, "tokens", runs=["r"], steps=[2], splits=["eval"])
-    t_raw, _ = timed(pq.read_table, losses.partition_path(root, "tokens", "r", 2))
+    t_raw, _ = timed(pq.read_table, LossesPaths(root).partition("tokens", "r", 2))
     return [row("loss_slice_load_seconds", t, "s", t_raw, t / t_raw,
                 f"{len(df):,} per-token losses (one run, step, split) out of {2 * n_seq * (seq - 1):,}; "
                 "baseline: pq.read_table of the whole partition file")]
@@ -198,13 +202,13 @@ def loss_slice_load(env):
 def jvp_vs_per_position_backward(env):
     import torch
 
-    from scaledyn import checkpoint
     from scaledyn.data import TokenData
+    from scaledyn.layout import RunPaths
     from scaledyn.onestep import jvp_predictions, load_for_step, per_position_predictions, trainable
 
     torch.set_num_threads(1)
     spec = _eval_model(env)
-    model, *_ = load_for_step(checkpoint.directory(spec.run_dir, 16))
+    model, *_ = load_for_step(RunPaths(spec.run_dir).checkpoint(16))
     batch = torch.from_numpy(np.asarray(TokenData.open(spec.data_dir).split("eval")[:4 if env.quick else 8], dtype=np.int64))
     gen = torch.Generator().manual_seed(0)
     delta = {n: torch.randn(p.shape, generator=gen) * 1e-3 for n, p in trainable(model).items()}

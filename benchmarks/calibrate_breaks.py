@@ -20,6 +20,7 @@ scenarios run the shipped procedure (200 draws each, sequential p-values) and ar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -32,7 +33,8 @@ import pandas as pd
 
 from scaledyn.breaktest import break_statistic, classify
 from scaledyn.curve import log_moving_average, log_subsample_mask, validate_curve
-from scaledyn.fit import DERIVED, LOG_SCALE, FitOptions, bootstrap_intervals, derived, fit_curve, on_scale, prepare_fit
+from scaledyn.fit import DERIVED, LOG_SCALE, bootstrap_intervals, derived, fit_curve, on_scale, prepare_fit
+from scaledyn.options import FitOptions
 from scaledyn.powerlaws import bnsl_log
 
 SIGMA = 0.03
@@ -107,7 +109,7 @@ def one_curve(s: Scenario, i: int) -> dict:
     if s.form == "presmoothed":
         keep = log_subsample_mask(t)
         t, loss = t[keep], log_moving_average(loss)[keep]
-    f = prepare_fit(validate_curve(t, loss), FitOptions())
+    f = prepare_fit(validate_curve(t, loss), FitOptions.defaults())
     draw_rng = np.random.default_rng(s.seed(10**9 + i))
     S = max(f.null.sse - f.broken.sse, 0) / max(f.broken.sse, 1e-300)
     S_star = break_statistic(f.x, f.noise_for(f.null).sampler(f.null.log_predict)(draw_rng))
@@ -153,7 +155,7 @@ def full_check(s: Scenario, i: int) -> dict:
     if s.form == "presmoothed":
         keep = log_subsample_mask(t)
         t, loss = t[keep], log_moving_average(loss)[keep]
-    fit = fit_curve(validate_curve(t, loss), FitOptions(seed=i))
+    fit = fit_curve(validate_curve(t, loss), dataclasses.replace(FitOptions.defaults(), seed=i))
     ci = fit.conf_int()
     row = {"verdict": fit.verdict}
     if true is not None:

@@ -24,7 +24,8 @@ from scaledyn import atomic
 from scaledyn.config import load_study
 from scaledyn.data import model_vocab_size
 from scaledyn.model import build_model
-from scaledyn.train import make_optimizer, train
+from scaledyn.optim import make_optimizer
+from scaledyn.train import train
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -67,7 +68,7 @@ def main() -> None:
     tps = float(np.median(steady))
 
     model = build_model(spec.size, model_vocab_size(vocab), 0).cuda()
-    opt, _ = make_optimizer(model, spec)
+    opt = make_optimizer(model, spec)
     x = torch.randint(0, vocab, (a.micro, a.seq_len), device="cuda")
     fwd = torch.compile(model) if a.compile else model
     for i in range(a.steps):

@@ -1,50 +1,38 @@
-# The study, validated once by the package (the same schema plus the cross-field checks), and the
-# helpers every rule uses. Rules pass only their own config slice as params, so editing one stage's
-# options re-runs that stage and what depends on it, nothing else.
+# The study, validated once by the package (the schema, its defaults, and the cross-field checks;
+# every error names the key), its results layout, and the helpers every rule uses. Each rule
+# passes its stage's typed options as JSON and nothing else of the config, so editing one stage's
+# options re-runs that stage and what depends on it, nothing more.
 
-import json
-from pathlib import Path
+import re
 
 from scaledyn.config import load_study
 
 STUDY = load_study(config)
-R = str(STUDY.results)
+L = STUDY.layout
 RUNS = list(STUDY.runs)  # in the config's size order
 STEPS = STUDY.checkpoint_steps
 DT1_STEPS = STUDY.dt1_steps
+SLURM = STUDY.cfg["slurm"]
 
 
 wildcard_constraints:
-    run="|".join(RUNS) or "NONE",
+    run="|".join(map(re.escape, RUNS)) or "NONE",
     step=r"\d+",
-
-
-def root_of(path):
-    """The results directory a file lies in, derived from the file itself (no hard-coded prefix)."""
-    p = Path(path)
-    return str(p.parents[len(p.relative_to(R).parts) - 1])
-
-
-def as_json(obj):
-    return json.dumps(obj, sort_keys=True)
 
 
 def cluster(gpu=False):
     """slurm_partition / slurm_account resources from the study's slurm section (only those set)."""
-    s = config["slurm"]
-    res = {"slurm_partition": (s["gpu_partition"] or s["partition"]) if gpu else s["partition"], "slurm_account": s["account"]}
+    res = {"slurm_partition": (SLURM["gpu_partition"] or SLURM["partition"]) if gpu else SLURM["partition"],
+           "slurm_account": SLURM["account"]}
     return {k: v for k, v in res.items() if v}
 
 
 def train_gpus(run):
-    size, _ = STUDY.runs[run]
-    s = config["slurm"]
-    return s["gpus"].get(size, s["default_gpus"])
+    return SLURM["gpus"].get(STUDY.runs[run][0], SLURM["default_gpus"])
 
 
 def train_nodes(run):
-    size, _ = STUDY.runs[run]
-    return config["slurm"]["nodes"].get(size, 1)
+    return SLURM["nodes"].get(STUDY.runs[run][0], 1)
 
 
 # Cheap aggregations run where Snakemake runs, not as cluster jobs.

@@ -1,20 +1,18 @@
 rule prepare_data:
     output:
-        manifest=f"{R}/data/manifest.json",
-        train=f"{R}/data/train.npy",
-        eval=f"{R}/data/eval.npy",
-        heldout=f"{R}/data/heldout.npy",
-        tokenizer=f"{R}/data/tokenizer/tokenizer.json",
+        manifest=L.data.manifest,
+        train=L.data.split("train"),
+        eval=L.data.split("eval"),
+        heldout=L.data.split("heldout"),
+        tokenizer=L.data.tokenizer_json,
     params:
-        results=lambda w, output: root_of(output[0]),
-        data=as_json(config["data"]),
-        batch_size=config["train"]["batch_size"],
+        options=STUDY.data.to_json(),
+        out=L.data.dir,
     resources:
         **cluster(gpu=False),
     conda:
         "../envs/scaledyn.yaml"
     log:
-        f"{R}/logs/prepare_data.log",
+        L.log("prepare_data"),
     shell:
-        "scaledyn prepare-data --data {params.data:q} --batch-size {params.batch_size}"
-        " --out {params.results}/data > {log} 2>&1"
+        "scaledyn prepare-data --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"

@@ -4,41 +4,40 @@
 
 rule evaluate:
     input:
-        marker=f"{R}/runs/{{run}}/checkpoints/step_{{step}}.json",
+        marker=L.run("{run}").marker("{step}"),
         manifest=rules.prepare_data.output.manifest,
     output:
-        sequences=f"{R}/losses/sequences/run={{run}}/step={{step}}/part-0.parquet",
-        tokens=f"{R}/losses/tokens/run={{run}}/step={{step}}/part-0.parquet",
+        sequences=L.losses.partition("sequences", "{run}", "{step}"),
+        tokens=L.losses.partition("tokens", "{run}", "{step}"),
     params:
-        results=lambda w, output: root_of(output[0]),
-        opts=lambda w: (
-            f"--batch-size {config['evaluate']['batch_size']} --token-dtype {config['evaluate']['token_dtype']}"
-            + ("" if config["evaluate"]["heldout"] else " --no-heldout")
-        ),
-        study=config["study"],
+        run_dir=lambda w: L.run(w.run).dir,
+        data=L.data.dir,
+        losses=L.losses.dir,
+        options=STUDY.evaluate.to_json(),
+        study=STUDY.cfg["study"],
     resources:
         **cluster(gpu=True),
-        gpu=config["slurm"]["eval_gpus"],
+        gpu=SLURM["eval_gpus"],
     conda:
         "../envs/scaledyn.yaml"
     log:
-        f"{R}/logs/evaluate/{{run}}/step_{{step}}.log",
+        L.log("evaluate", "{run}", "step_{step}"),
     shell:
-        "scaledyn evaluate --run-dir {params.results}/runs/{wildcards.run} --step {wildcards.step} --data {params.results}/data"
-        " --out {params.results}/losses --study {params.study} --force {params.opts} > {log} 2>&1"
+        "scaledyn evaluate --run-dir {params.run_dir:q} --step {wildcards.step} --data {params.data:q}"
+        " --out {params.losses:q} --study {params.study:q} --force --options {params.options:q} > {log:q} 2>&1"
 
 
 rule run_table:
     input:
-        runs=expand(f"{R}/runs/{{run}}/run.json", run=RUNS),
+        runs=[L.run(r).run_json for r in RUNS],
     output:
-        f"{R}/losses/runs.parquet",
+        L.losses.run_table,
     params:
-        dirs=expand(f"{R}/runs/{{run}}", run=RUNS),
-        study=config["study"],
+        dirs=[L.run(r).dir for r in RUNS],
+        study=STUDY.cfg["study"],
     conda:
         "../envs/scaledyn.yaml"
     log:
-        f"{R}/logs/run_table.log",
+        L.log("run_table"),
     shell:
-        "scaledyn run-table {params.dirs} --out {output} --study {params.study} > {log} 2>&1"
+        "scaledyn run-table {params.dirs:q} --out {output:q} --study {params.study:q} > {log:q} 2>&1"

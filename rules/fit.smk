@@ -3,37 +3,33 @@
 
 rule fit_run:
     input:
-        f"{R}/runs/{{run}}/train_log.csv",
+        L.run("{run}").train_log,
     output:
-        f"{R}/fits/{{run}}.json",
+        L.fit("{run}"),
     params:
-        opts=lambda w: (
-            f"--smoothing {config['fit']['smoothing']} --subsample {config['fit']['subsample']}"
-            f" --transient-steps {config['fit']['transient_steps']} --bootstrap {config['fit']['bootstrap']}"
-            f" --alpha {config['fit']['alpha']} --seed {config['fit']['seed']} --input-smoothed no"
-        ),
+        options=STUDY.fit.to_json(),
     resources:
         **cluster(gpu=False),
     conda:
         "../envs/scaledyn.yaml"
     log:
-        f"{R}/logs/fit/{{run}}.log",
+        L.log("fit", "{run}"),
     shell:
-        "scaledyn fit-curve {input} --out {output} {params.opts} > {log} 2>&1"
+        "scaledyn fit-curve {input:q} --out {output:q} --options {params.options:q} > {log:q} 2>&1"
 
 
 rule fit_scaling:
     input:
-        fits=expand(f"{R}/fits/{{run}}.json", run=RUNS),
-        runs=expand(f"{R}/runs/{{run}}/run.json", run=RUNS),
+        fits=[L.fit(r) for r in RUNS],
+        runs=[L.run(r).run_json for r in RUNS],
     output:
-        sizes=f"{R}/fits/sizes.csv",
-        trends=f"{R}/fits/trends.json",
-        summary=f"{R}/fits/scaling.txt",
+        sizes=L.fit_sizes,
+        trends=L.fit_trends,
+        summary=L.fit_summary,
     conda:
         "../envs/scaledyn.yaml"
     log:
-        f"{R}/logs/fit/scaling.log",
+        L.log("fit", "scaling"),
     shell:
-        "scaledyn fit-scaling --fits {input.fits} --runs {input.runs}"
-        " --out-sizes {output.sizes} --out-trends {output.trends} --out-summary {output.summary} > {log} 2>&1"
+        "scaledyn fit-scaling --fits {input.fits:q} --runs {input.runs:q} --out-sizes {output.sizes:q}"
+        " --out-trends {output.trends:q} --out-summary {output.summary:q} > {log:q} 2>&1"

@@ -1,34 +1,33 @@
-# Figures and tables land in results/report/; `snakemake --report report.html` bundles them with
-# the captions in report/*.rst.
+# Figures and tables land in <results>/report/; `snakemake --report report.html` bundles them with
+# the captions in report/*.rst. The report reads exactly the inputs declared here.
 
-FIG = ["loss_curves", "scaling_trends", "zsl_dtt", "zsl_dt1", "d_vs_m", "loss_change_hist"]
+from scaledyn.report import FIGURES
 
 
 rule report:
     input:
-        logs=expand(f"{R}/runs/{{run}}/train_log.csv", run=RUNS),
-        fits=expand(f"{R}/fits/{{run}}.json", run=RUNS),
-        scaling=f"{R}/fits/trends.json",
-        zsl=f"{R}/zsl/zsl.parquet",
-        losses=expand(f"{R}/losses/tokens/run={{run}}/step={{step}}/part-0.parquet", run=RUNS, step=STEPS),
+        runs=[L.run(r).run_json for r in RUNS],
+        logs=[L.run(r).train_log for r in RUNS],
+        fits=[L.fit(r) for r in RUNS],
+        trends=L.fit_trends,
+        zsl=L.zsl_table,
+        losses=[L.losses.partition("tokens", r, s) for r in RUNS for s in STEPS],
     output:
-        summary=report(f"{R}/report/summary.md", caption="../report/summary.rst", category="Summary"),
-        figures=[
-            report(f"{R}/report/{name}.png", caption=f"../report/{name}.rst", category="Figures")
-            for name in FIG
-        ],
-        pdfs=[f"{R}/report/{name}.pdf" for name in FIG],
-        table=report(f"{R}/report/fits.csv", caption="../report/fits.rst", category="Tables"),
-        table_md=f"{R}/report/fits.md",
-        table_tex=f"{R}/report/fits.tex",
+        summary=report(L.report.summary, caption="../report/summary.rst", category="Summary"),
+        figures=[report(L.report.figure(n), caption=f"../report/{n}.rst", category="Figures") for n in FIGURES],
+        pdfs=[L.report.figure(n, "pdf") for n in FIGURES],
+        table=report(L.report.table("csv"), caption="../report/fits.rst", category="Tables"),
+        table_md=L.report.table("md"),
+        table_tex=L.report.table("tex"),
     params:
-        results=lambda w, output: root_of(output[0]),
-        runs=RUNS,
-        hist=config["report"]["histogram_steps"],
+        run_dirs=[L.run(r).dir for r in RUNS],
+        losses=L.losses.dir,
+        out=L.report.dir,
+        options=STUDY.report.to_json(),
     conda:
         "../envs/scaledyn.yaml"
     log:
-        f"{R}/logs/report.log",
+        L.log("report"),
     shell:
-        "scaledyn report --results {params.results} --runs {params.runs} --histogram-steps {params.hist}"
-        " --out {params.results}/report > {log} 2>&1"
+        "scaledyn report --run-dirs {params.run_dirs:q} --fits {input.fits:q} --trends {input.trends:q}"
+        " --zsl {input.zsl:q} --losses {params.losses:q} --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"

@@ -7,9 +7,9 @@ rule train:
     input:
         manifest=rules.prepare_data.output.manifest,
     output:
-        run=f"{R}/runs/{{run}}/run.json",
-        log=f"{R}/runs/{{run}}/train_log.csv",
-        markers=[f"{R}/runs/{{run}}/checkpoints/step_{s}.json" for s in STEPS],
+        run=L.run("{run}").run_json,
+        log=L.run("{run}").train_log,
+        markers=[L.run("{run}").marker(s) for s in STEPS],
     params:
         spec=lambda w: STUDY.run_spec(w.run).to_json(),
     threads: 1
@@ -18,12 +18,11 @@ rule train:
         **cluster(gpu=True),
         gpu=lambda w: train_gpus(w.run),
         nodes=lambda w: train_nodes(w.run),
-        runtime=lambda w, attempt: config["slurm"]["train_runtime_min"] * attempt,
-        mem_mb=lambda w, attempt: config["slurm"]["train_mem_mb"] * attempt,
+        runtime=lambda w, attempt: SLURM["train_runtime_min"] * attempt,
+        mem_mb=lambda w, attempt: SLURM["train_mem_mb"] * attempt,
     conda:
         "../envs/scaledyn.yaml"
     log:
-        f"{R}/logs/train/{{run}}.log",
+        L.log("train", "{run}"),
     shell:
-        "scaledyn launch --gpus {resources.gpu} --nodes {resources.nodes} -- train --spec {params.spec:q}"
-        " > {log} 2>&1"
+        "scaledyn launch --gpus {resources.gpu} --nodes {resources.nodes} -- train --spec {params.spec:q} > {log:q} 2>&1"

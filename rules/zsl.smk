@@ -3,57 +3,54 @@
 
 rule zsl_dtt:
     input:
-        expand(f"{R}/losses/tokens/run={{{{run}}}}/step={{step}}/part-0.parquet", step=STEPS),
+        lambda w: [L.losses.partition("tokens", w.run, s) for s in STEPS],
     output:
-        f"{R}/zsl/dtt/{{run}}.parquet",
+        L.zsl_dtt("{run}"),
+    params:
+        losses=L.losses.dir,
     resources:
         **cluster(gpu=False),
-    params:
-        results=lambda w, output: root_of(output[0]),
     conda:
         "../envs/scaledyn.yaml"
     log:
-        f"{R}/logs/zsl/dtt_{{run}}.log",
+        L.log("zsl", "dtt_{run}"),
     shell:
-        "scaledyn zsl-dtt --losses {params.results}/losses --run {wildcards.run} --out {output} > {log} 2>&1"
+        "scaledyn zsl-dtt --losses {params.losses:q} --run {wildcards.run} --out {output:q} > {log:q} 2>&1"
 
 
 rule zsl_dt1:
     input:
-        marker=f"{R}/runs/{{run}}/checkpoints/step_{{step}}.json",
+        marker=L.run("{run}").marker("{step}"),
         manifest=rules.prepare_data.output.manifest,
     output:
-        table=f"{R}/zsl/dt1/{{run}}/step_{{step}}.parquet",
-        changes=f"{R}/zsl/changes/run={{run}}/step={{step}}/part-0.parquet",
+        table=L.zsl_dt1("{run}", "{step}"),
+        changes=L.change_partition("{run}", "{step}"),
     params:
-        results=lambda w, output: root_of(output[0]),
-        opts=lambda w: (
-            ("" if config["zsl"]["gradient_view"] else "--no-gradient-view ")
-            + f"--coordinate-max-params {config['zsl']['coordinate_max_params']}"
-            f" --coordinate-tokens {config['zsl']['coordinate_tokens']}"
-            f" --batch-size {config['evaluate']['batch_size']}"
-        ),
+        run_dir=lambda w: L.run(w.run).dir,
+        data=L.data.dir,
+        changes=L.changes,
+        options=STUDY.zsl.to_json(),
     resources:
         **cluster(gpu=True),
-        gpu=config["slurm"]["eval_gpus"],
+        gpu=SLURM["eval_gpus"],
     conda:
         "../envs/scaledyn.yaml"
     log:
-        f"{R}/logs/zsl/dt1_{{run}}_{{step}}.log",
+        L.log("zsl", "dt1_{run}_{step}"),
     shell:
-        "scaledyn zsl-dt1 --run-dir {params.results}/runs/{wildcards.run} --step {wildcards.step} --data {params.results}/data"
-        " --out {output.table} --changes-root {params.results}/zsl {params.opts} > {log} 2>&1"
+        "scaledyn zsl-dt1 --run-dir {params.run_dir:q} --step {wildcards.step} --data {params.data:q}"
+        " --out {output.table:q} --changes {params.changes:q} --options {params.options:q} > {log:q} 2>&1"
 
 
 rule zsl_merge:
     input:
-        expand(f"{R}/zsl/dtt/{{run}}.parquet", run=RUNS),
-        expand(f"{R}/zsl/dt1/{{run}}/step_{{step}}.parquet", run=RUNS, step=DT1_STEPS),
+        [L.zsl_dtt(r) for r in RUNS],
+        [L.zsl_dt1(r, s) for r in RUNS for s in DT1_STEPS],
     output:
-        f"{R}/zsl/zsl.parquet",
+        L.zsl_table,
     conda:
         "../envs/scaledyn.yaml"
     log:
-        f"{R}/logs/zsl/merge.log",
+        L.log("zsl", "merge"),
     shell:
-        "scaledyn zsl-merge {input} --out {output} > {log} 2>&1"
+        "scaledyn zsl-merge {input:q} --out {output:q} > {log:q} 2>&1"

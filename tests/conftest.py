@@ -42,8 +42,7 @@ def tiny_data(tmp_path_factory, tiny_config):
     out = tmp_path_factory.mktemp("data")
     from scaledyn.config import load_study
 
-    study = load_study(tiny_config)
-    prepare(study.cfg["data"], study.cfg["train"]["batch_size"], out)
+    prepare(load_study(tiny_config).data, out)
     return out
 
 
@@ -68,11 +67,13 @@ def run_workflow(workdir: Path, config: dict, *args: str, check: bool = True, ti
 
 
 @pytest.fixture(scope="session")
-def tiny_study(tmp_path_factory, tiny_config) -> Path:
-    """The tiny study run end to end by Snakemake once; many tests read its outputs."""
+def tiny_study(tmp_path_factory, tiny_config):
+    """The tiny study run end to end by Snakemake once; many tests read its outputs (a Layout)."""
+    from scaledyn.layout import Layout
+
     work = tmp_path_factory.mktemp("study")
     run_workflow(work, tiny_config, "--cores", "2")
-    return work / "results"
+    return Layout(work / tiny_config["results"])
 
 
 def has(cmd: str) -> bool:

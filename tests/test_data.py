@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import subprocess
@@ -16,9 +17,8 @@ TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n" * 40
 
 
 def data_cfg(**over):
-    cfg = load_study({"data": {"tokenizer": {"vocab_size": 300}, "seq_len": 16, "eval_sequences": 8,
-                               "heldout_batches": 2, **over}, "train": {"batch_size": 4}}).cfg
-    return cfg["data"]
+    return load_study({"data": {"tokenizer": {"vocab_size": 300}, "seq_len": 16, "eval_sequences": 8,
+                                "heldout_batches": 2, **over}, "train": {"batch_size": 4}}).data
 
 
 def files_cfg(paths, fmt, field="text"):
@@ -26,13 +26,13 @@ def files_cfg(paths, fmt, field="text"):
 
 
 def test_prepare_is_deterministic(tmp_path, tiny_config):
-    study = load_study(tiny_config)
-    a = prepare(study.cfg["data"], 8, tmp_path / "a")
-    b = prepare(study.cfg["data"], 8, tmp_path / "b")
+    options = load_study(tiny_config).data
+    a = prepare(options, tmp_path / "a")
+    b = prepare(options, tmp_path / "b")
     for name in ("train.npy", "eval.npy", "heldout.npy"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert a["splits"] == b["splits"]
-    c = prepare({**study.cfg["data"], "seed": 1}, 8, tmp_path / "c")
+    c = prepare(dataclasses.replace(options, seed=1), tmp_path / "c")
     assert c["splits"]["eval"]["sha256"] != a["splits"]["eval"]["sha256"]
 
 
@@ -66,7 +66,7 @@ def test_files_sources_in_three_formats(tmp_path):
     for pattern, fmt, n_docs in ((tmp_path / "*.txt", "text", 1), (tmp_path / "b.jsonl", "jsonl", 20), (tmp_path / "c.parquet", "parquet", 20)):
         docs, prov = load_documents(files_cfg([pattern], fmt))
         assert len(docs) == n_docs and prov["source"] == "files"
-    m = prepare(files_cfg([tmp_path / "b.jsonl"], "jsonl"), 4, tmp_path / "out")
+    m = prepare(files_cfg([tmp_path / "b.jsonl"], "jsonl"), tmp_path / "out")
     assert m["splits"]["eval"]["sequences"] == 8
 
 
@@ -78,7 +78,7 @@ def test_hf_source_from_a_locally_saved_dataset(tmp_path):
     cfg = data_cfg(source="hf", hf={"name": str(tmp_path / "ds"), "field": "content"})
     docs, prov = load_documents(cfg)
     assert len(docs) == 30 and prov["source"] == "hf"
-    m = prepare(cfg, 4, tmp_path / "out")
+    m = prepare(cfg, tmp_path / "out")
     assert m["corpus"]["name"] == str(tmp_path / "ds")
     with pytest.raises(DataError, match="no field 'text'"):
         load_documents(data_cfg(source="hf", hf={"name": str(tmp_path / "ds")}))
@@ -109,10 +109,9 @@ def test_glob_matching_nothing_is_named(tmp_path):
 
 def test_eval_set_larger_than_corpus_fails_before_writing(tmp_path):
     (tmp_path / "a.txt").write_text(TEXT)
-    cfg = files_cfg([tmp_path / "a.txt"], "text")
-    cfg["eval_sequences"] = 100000
+    cfg = dataclasses.replace(files_cfg([tmp_path / "a.txt"], "text"), eval_sequences=100000)
     with pytest.raises(DataError, match="data.eval_sequences"):
-        prepare(cfg, 4, tmp_path / "out")
+        prepare(cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 

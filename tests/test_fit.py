@@ -1,5 +1,6 @@
 """Loss-deceleration fits: the estimates, the calibrated break test, intervals, and curve input."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -10,11 +11,17 @@ import pytest
 
 from scaledyn.breaktest import bootstrap_pvalue, classify
 from scaledyn.curve import (CurveError, log_moving_average, log_subsample_mask, read_curve_csv, validate_curve)
-from scaledyn.fit import BrokenPowerLawFit, FitOptions, fit_curve, prepare_fit
+from scaledyn.fit import BrokenPowerLawFit, fit_curve, prepare_fit
+from scaledyn.options import FitOptions
 from scaledyn.powerlaws import bnsl_log, fit_bnsl, fit_reference
 
-QUICK = FitOptions(bootstrap=49)
-RAW = FitOptions(smoothing="none", subsample="log", transient_steps=100, bootstrap=49)
+
+def options(**over) -> FitOptions:
+    return dataclasses.replace(FitOptions.defaults(), **over)
+
+
+QUICK = options(bootstrap=49)
+RAW = options(smoothing="none", subsample="log", transient_steps=100, bootstrap=49)
 
 
 def curve(d1, f1, c0=0.3, c1=-0.2, b=10.0, T=50000, noise=0.01, seed=0, sine=0.0):
@@ -54,7 +61,7 @@ def test_smoothing_lag_is_corrected_and_intervals_cover():
     """The log moving average makes a break at 500 look like one at ~545; the bootstrap (which
     smooths every draw) measures that lag, corrects t_d and centres the interval on the truth."""
     t, y = curve(500, 0.2, T=3000, noise=0.03)
-    r = fit_curve(validate_curve(t, y), FitOptions(bootstrap=200))
+    r = fit_curve(validate_curve(t, y), options(bootstrap=200))
     d, ci = r.derived(), r.conf_int()
     assert r.verdict == "deceleration"
     assert d["t_d"] == pytest.approx(545, rel=0.04)  # the reference pipeline's (lagging) estimate
@@ -118,7 +125,7 @@ def test_any_step_axis_up_to_1e30():
     """A tokens or FLOPs axis: no integer overflow in the subsampler, the break stays."""
     t, y = curve(500, 0.1, T=3000, noise=0.01)
     scale = 1e26
-    r = fit_curve(validate_curve(t * scale, y), FitOptions(transient_steps=100 * scale, bootstrap=49))
+    r = fit_curve(validate_curve(t * scale, y), options(transient_steps=100 * scale, bootstrap=49))
     assert r.verdict == "deceleration"
     assert r.derived()["t_d"] / scale == pytest.approx(545, rel=0.05)
     assert r.T == pytest.approx(3000 * scale)
@@ -135,8 +142,8 @@ def test_matches_reference_procedure_where_it_converges():
 
 def test_deterministic():
     t, y = curve(800, 0.3, T=5000, noise=0.03)
-    a = fit_curve(validate_curve(t, y), FitOptions(bootstrap=30, seed=4)).to_json()
-    assert a == fit_curve(validate_curve(t, y), FitOptions(bootstrap=30, seed=4)).to_json()
+    a = fit_curve(validate_curve(t, y), options(bootstrap=30, seed=4)).to_json()
+    assert a == fit_curve(validate_curve(t, y), options(bootstrap=30, seed=4)).to_json()
 
 
 def test_preprocessing_matches_definitions():

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -15,15 +16,19 @@ import torch
 from scaledyn import losses
 from scaledyn.data import TokenData
 from scaledyn.evaluate import evaluate_checkpoint
+from scaledyn.layout import LossesPaths, RunPaths
 from scaledyn.model import CheckpointError, load_model
+from scaledyn.options import EvaluateOptions
+
+FP16 = dataclasses.replace(EvaluateOptions.defaults(), token_dtype="float16")
 
 
 def test_partition_layout_and_schema(tiny_study):
-    root = tiny_study / "losses"
+    root = tiny_study.losses.dir
     parts = sorted(p.relative_to(root).as_posix() for p in root.glob("*/run=*/step=*/part-0.parquet"))
-    assert "tokens/run=tiny-1k_s0/step=64/part-0.parquet" in parts
+    assert "tokens/run=tiny-1k_s0/step=64/part-0.parquet" in parts  # the documented layout, spelled out
     assert "sequences/run=tiny-6k_s0/step=1/part-0.parquet" in parts
-    f = root / "tokens/run=tiny-1k_s0/step=64/part-0.parquet"
+    f = tiny_study.losses.partition("tokens", "tiny-1k_s0", 64)
     assert pq.ParquetFile(f).metadata.row_group(0).column(0).compression == "ZSTD"
     assert pq.read_schema(f).remove_metadata().equals(losses.schema("tokens").remove_metadata())
     seq = losses.load(root, "sequences", runs=["tiny-1k_s0"], steps=[64])
@@ -31,15 +36,15 @@ def test_partition_layout_and_schema(tiny_study):
     assert set(seq["split"]) == {"eval", "heldout"}
     assert (seq.groupby(["split", "example_id"]).size() == 1).all()  # exactly one row per example
     assert (seq["tokens_seen"] == 64 * 8 * 32).all() and (seq["n_tokens"] == 31).all()
-    assert (root / "schema.json").exists() and (root / "runs.parquet").exists()
-    runs = pq.read_table(root / "runs.parquet").to_pandas()
+    assert tiny_study.losses.schema_doc.exists() and tiny_study.losses.run_table.exists()
+    runs = pq.read_table(tiny_study.losses.run_table).to_pandas()
     assert list(runs["run"]) == ["tiny-1k_s0", "tiny-6k_s0"] and (runs["non_embedding_params"] > 0).all()
 
 
 def test_losses_match_the_models_own_loss(tiny_study):
-    root = tiny_study / "losses"
-    data = TokenData.open(tiny_study / "data")
-    model = load_model(tiny_study / "runs/tiny-6k_s0/checkpoints/step_64").eval()
+    root = tiny_study.losses.dir
+    data = TokenData.open(tiny_study.data.dir)
+    model = load_model(tiny_study.run("tiny-6k_s0").checkpoint(64)).eval()
     tok = losses.load(root, "tokens", runs=["tiny-6k_s0"], steps=[64], splits=["eval"])
     seq = losses.load(root, "sequences", runs=["tiny-6k_s0"], steps=[64], splits=["eval"]).set_index("example_id")
     x = torch.from_numpy(np.asarray(data.split("eval")[:3], dtype=np.int64))
@@ -53,33 +58,34 @@ def test_losses_match_the_models_own_loss(tiny_study):
 
 
 def test_plain_readers_open_the_dataset(tiny_study):
-    root = tiny_study / "losses"
+    root = tiny_study.losses.dir
     n = duckdb.connect().execute(
         f"SELECT count(*) FROM read_parquet('{root}/tokens/**/*.parquet', hive_partitioning=true) "
         "WHERE run = 'tiny-1k_s0' AND step = 64 AND split = 'eval'"
     ).fetchone()[0]
     assert n == 24 * 31
-    table = ds.dataset(root / "sequences", partitioning="hive").to_table()
+    table = ds.dataset(tiny_study.losses.dataset("sequences"), partitioning="hive").to_table()
     assert table.num_rows == 2 * 7 * (24 + 16)
 
 
 def test_rerun_skips_and_force_rewrites(tiny_study, tmp_path):
     out = tmp_path / "losses"
-    run_dir = tiny_study / "runs" / "tiny-1k_s0"
-    assert evaluate_checkpoint(run_dir, 8, tiny_study / "data", out)
-    first = losses.partition_path(out, "tokens", "tiny-1k_s0", 8).stat().st_mtime_ns
-    assert not evaluate_checkpoint(run_dir, 8, tiny_study / "data", out)
-    assert losses.partition_path(out, "tokens", "tiny-1k_s0", 8).stat().st_mtime_ns == first
-    assert evaluate_checkpoint(run_dir, 8, tiny_study / "data", out, force=True)
+    run_dir = tiny_study.run("tiny-1k_s0").dir
+    assert evaluate_checkpoint(run_dir, 8, tiny_study.data.dir, out)
+    part = LossesPaths(out).partition("tokens", "tiny-1k_s0", 8)
+    first = part.stat().st_mtime_ns
+    assert not evaluate_checkpoint(run_dir, 8, tiny_study.data.dir, out)
+    assert part.stat().st_mtime_ns == first
+    assert evaluate_checkpoint(run_dir, 8, tiny_study.data.dir, out, force=True)
 
 
 def test_two_process_evaluation_writes_each_example_once(tiny_study, tmp_path):
     """Two gloo processes (torchrun) split the sequences unpadded; the rows equal a 1-process run's."""
-    run_dir = tiny_study / "runs" / "tiny-1k_s0"
-    evaluate_checkpoint(run_dir, 8, tiny_study / "data", tmp_path / "one")
+    run_dir = tiny_study.run("tiny-1k_s0").dir
+    evaluate_checkpoint(run_dir, 8, tiny_study.data.dir, tmp_path / "one")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
                            "-m", "scaledyn", "evaluate", "--run-dir", str(run_dir), "--step", "8", "--data",
-                           str(tiny_study / "data"), "--out", str(tmp_path / "two"), "--batch-size", "5"],
+                           str(tiny_study.data.dir), "--out", str(tmp_path / "two"), "--batch-size", "5"],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for g, key in (("sequences", ["split", "example_id"]), ("tokens", ["split", "example_id", "position"])):
@@ -91,30 +97,30 @@ def test_two_process_evaluation_writes_each_example_once(tiny_study, tmp_path):
 
 def test_mixed_schema_is_refused(tiny_study, tmp_path):
     out = tmp_path / "losses"
-    run_dir = tiny_study / "runs" / "tiny-1k_s0"
-    evaluate_checkpoint(run_dir, 8, tiny_study / "data", out)
+    run_dir = tiny_study.run("tiny-1k_s0").dir
+    evaluate_checkpoint(run_dir, 8, tiny_study.data.dir, out)
     with pytest.raises(losses.SchemaMismatch, match="have schema"):
-        evaluate_checkpoint(run_dir, 16, tiny_study / "data", out, token_dtype="float16")
+        evaluate_checkpoint(run_dir, 16, tiny_study.data.dir, out, FP16)
 
 
 def test_float16_option_halves_loss_column(tiny_study, tmp_path):
-    evaluate_checkpoint(tiny_study / "runs" / "tiny-1k_s0", 8, tiny_study / "data", tmp_path / "l", token_dtype="float16")
+    evaluate_checkpoint(tiny_study.run("tiny-1k_s0").dir, 8, tiny_study.data.dir, tmp_path / "l", FP16)
     t = losses.load(tmp_path / "l", "tokens", arrow=True)
     assert t.schema.field("loss").type == pa.float16()
 
 
 def test_corrupt_checkpoint_is_named(tiny_study, tmp_path):
-    ckpt = tmp_path / "runs" / "r" / "checkpoints" / "step_8"
-    shutil.copytree(tiny_study / "runs" / "tiny-1k_s0" / "checkpoints" / "step_8", ckpt)
+    ckpt = RunPaths(tmp_path / "runs" / "r").checkpoint(8)
+    shutil.copytree(tiny_study.run("tiny-1k_s0").checkpoint(8), ckpt)
     (ckpt / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="step_8"):
-        evaluate_checkpoint(tmp_path / "runs" / "r", 8, tiny_study / "data", tmp_path / "l")
+        evaluate_checkpoint(ckpt.parent.parent, 8, tiny_study.data.dir, tmp_path / "l")
     with pytest.raises(CheckpointError, match="missing or incomplete"):
-        evaluate_checkpoint(tmp_path / "runs" / "r", 9, tiny_study / "data", tmp_path / "l")
+        evaluate_checkpoint(ckpt.parent.parent, 9, tiny_study.data.dir, tmp_path / "l")
 
 
 def test_export_archive_opens_without_the_workflow(tiny_study, tmp_path):
-    out = losses.export(tiny_study / "losses", tmp_path / "share.tar.gz", runs=["tiny-6k_s0"])
+    out = losses.export(tiny_study.losses.dir, tmp_path / "share.tar.gz", runs=["tiny-6k_s0"])
     with tarfile.open(out) as tar:
         tar.extractall(tmp_path / "x", filter="data")
     assert (tmp_path / "x" / "schema.json").exists() and (tmp_path / "x" / "README.md").exists()

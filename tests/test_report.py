@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import types
 
@@ -8,15 +9,15 @@ import pytest
 
 from scaledyn import report
 from scaledyn.curve import validate_curve
-from scaledyn.fit import FitOptions, fit_curve
+from scaledyn.fit import fit_curve
+from scaledyn.options import FitOptions
 from scaledyn.powerlaws import bnsl_log
 from scaledyn.trends import fit_trend
 
 
 @pytest.fixture(scope="module")
 def res(tiny_study):
-    return report.StudyResults.read(tiny_study, ["tiny-6k_s0", "tiny-1k_s0"], tiny_study / "fits" / "trends.json",
-                                    tiny_study / "zsl" / "zsl.parquet")
+    return report.StudyResults.of_study(tiny_study, ["tiny-6k_s0", "tiny-1k_s0"])
 
 
 def with_a_break(res):
@@ -24,18 +25,18 @@ def with_a_break(res):
     t = np.arange(1, 3001, dtype=float)
     y = np.exp(bnsl_log(np.log(t), [math.log(10), 0.3, -0.25, math.log(500), 0.1])
                + np.random.default_rng(0).normal(0, 0.02, 3000))
-    fits = {**res.fits, "tiny-6k_s0": fit_curve(validate_curve(t, y), FitOptions(bootstrap=49))}
+    fits = {**res.fits, "tiny-6k_s0": fit_curve(validate_curve(t, y), dataclasses.replace(FitOptions.defaults(), bootstrap=49))}
     curves = {**res.curves, "tiny-6k_s0": pd.DataFrame({"step": t, "loss": y})}
     return report.StudyResults(res.runs, res.meta, fits, curves, res.trends, res.zsl)
 
 
 def test_outputs_exist(tiny_study):
-    out = tiny_study / "report"
+    out = tiny_study.report
     for name in report.FIGURES:
-        assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.pdf").exists()
+        assert out.figure(name).stat().st_size > 1000 and out.figure(name, "pdf").exists()
     for ext in ("csv", "md", "tex"):
-        assert (out / f"fits.{ext}").exists()
-    summary = (out / "summary.md").read_text()
+        assert out.table(ext).exists()
+    summary = out.summary.read_text()
     assert "tiny-1k_s0" in summary and "Zero-sum learning" in summary and "D = " in summary
     assert "```" not in summary  # renders as Markdown, not a code block
 

@@ -1,15 +1,15 @@
 """The tiny study through a real single-node SLURM cluster (Debian's slurm-wlm), as CI runs it."""
 
 import copy
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from scaledyn.layout import Layout
 
 from conftest import REPO, TINY, has, run_workflow
 
@@ -31,19 +31,20 @@ def slurm_args(*extra):
             "--latency-wait", "5", *extra]
 
 
-def schema_of(root: Path) -> dict:
+def schema_of(study: Layout) -> dict:
+    root = study.losses.dir
     return {p.relative_to(root).as_posix(): pq.read_schema(p).remove_metadata()
-            for p in sorted(root.glob("losses/*/run=*/step=*/part-0.parquet"))}
+            for p in sorted(root.glob("*/run=*/step=*/part-0.parquet"))}
 
 
 def test_tiny_study_on_slurm_matches_local_run(slurm, tiny_study, tmp_path):
     run_workflow(tmp_path, TINY, *slurm_args())
-    remote, local = tmp_path / "results", tiny_study
+    remote, local = Layout(tmp_path / "results"), tiny_study
     assert schema_of(remote).keys() == schema_of(local).keys()
     for key, schema in schema_of(remote).items():
         assert schema.equals(schema_of(local)[key]), key
-    for f in ("fits/scaling.csv", "zsl/zsl.parquet", "report/summary.md", "losses/runs.parquet"):
-        assert (remote / f).exists(), f
+    for f in (remote.fit_trends, remote.zsl_table, remote.report.summary, remote.losses.run_table):
+        assert f.exists(), f
     jobs = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%k %T"], capture_output=True, text=True).stdout
     assert "rule_train" in jobs and "COMPLETED" in jobs
 
@@ -57,7 +58,8 @@ def test_preempted_training_resumes(slurm, tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            *slurm_args(), "results/runs/tiny-1k_s0/run.json"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    state_log = tmp_path / "results/runs/tiny-1k_s0/state/train_log.csv"
+    run = Layout(tmp_path / "results").run("tiny-1k_s0")
+    state_log = run.live_log
     t0 = time.time()
     while not (state_log.exists() and sum(1 for _ in open(state_log)) > 300):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -68,8 +70,8 @@ def test_preempted_training_resumes(slurm, tmp_path):
     subprocess.run(["scancel", "--signal=TERM", jobid], check=True)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:]
-    rows = [line.split(",")[0] for line in (tmp_path / "results/runs/tiny-1k_s0/train_log.csv").read_text().splitlines()[1:]]
+    rows = [line.split(",")[0] for line in run.train_log.read_text().splitlines()[1:]]
     assert rows == [str(s) for s in range(1, 2501)]  # nothing lost, nothing repeated
-    log = (tmp_path / "results/logs/train/tiny-1k_s0.log").read_text()
+    log = Layout(tmp_path / "results").log("train", "tiny-1k_s0").read_text()
     assert "resuming from checkpoint" in log, log[-2000:]
-    assert os.path.exists(tmp_path / "results/runs/tiny-1k_s0/checkpoints/step_2048/COMPLETE")
+    assert (run.checkpoint(2048) / "COMPLETE").exists()

@@ -12,9 +12,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from scaledyn import checkpoint
-from scaledyn.config import Schedule, load_study
+from scaledyn.config import load_study
 from scaledyn.data import DataError
-from scaledyn.schedule import lr_factor
+from scaledyn.layout import RunPaths
+from scaledyn.optim import lr_factor
+from scaledyn.options import Schedule
 from scaledyn.train import PREEMPTED_EXIT, BatchOrder, train
 
 
@@ -73,14 +75,14 @@ def test_interrupted_run_resumes_exactly(reference, tmp_path, sig):
     else:
         assert code == PREEMPTED_EXIT, p.stderr.read()[-2000:]
         # a resume checkpoint was written at the step where the signal landed
-        assert max(checkpoint.complete_steps(spec.run_dir)) > 125
+        assert max(checkpoint.complete_steps(RunPaths(spec.run_dir))) > 125
     p = start(spec)
     assert p.wait() == 0, p.stderr.read()[-2000:]
     rows = log_rows(os.path.join(spec.run_dir, "train_log.csv"))
     assert [r[0] for r in rows] == [str(s) for s in range(1, 401)]  # no step missing or repeated
     assert rows == ref_rows  # loss, lr and grad norm identical to the uninterrupted run
     # unscheduled resume checkpoints are cleaned up; scheduled ones all exist
-    assert checkpoint.complete_steps(spec.run_dir) == list(spec.checkpoint_steps)
+    assert checkpoint.complete_steps(RunPaths(spec.run_dir)) == list(spec.checkpoint_steps)
 
 
 def test_corrupt_checkpoint_is_skipped_with_warning(reference, tmp_path):
@@ -89,7 +91,7 @@ def test_corrupt_checkpoint_is_skipped_with_warning(reference, tmp_path):
                                checkpoint_steps=(20, 40, 60))
     p = start(dataclasses.replace(spec, steps=40, checkpoint_steps=(20, 40)))
     assert p.wait() == 0
-    bad = checkpoint.directory(spec.run_dir, 40) / "model.safetensors"
+    bad = RunPaths(spec.run_dir).checkpoint(40) / "model.safetensors"
     bad.write_bytes(bad.read_bytes()[:100])
     with pytest.warns(UserWarning, match=r"skipping damaged checkpoint .*step_40"):
         train(spec)
@@ -102,11 +104,12 @@ def test_checkpoints_load_with_automodel_and_keep_optimizer_only_where_needed(tm
                      optimizer_steps=(4,))
     meta = train(spec)
     assert meta["total_params"] == spec.size.total_params(meta["vocab_size"])
+    paths = RunPaths(spec.run_dir)
     for s in spec.checkpoint_steps:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint.directory(spec.run_dir, s))
+        model = AutoModelForCausalLM.from_pretrained(paths.checkpoint(s))
         assert model.config.tie_word_embeddings
-        assert json.loads(checkpoint.marker(spec.run_dir, s).read_text())["step"] == s
-    with_opt = [s for s in spec.checkpoint_steps if (checkpoint.directory(spec.run_dir, s) / "optimizer.pt").exists()]
+        assert json.loads(paths.marker(s).read_text())["step"] == s
+    with_opt = [s for s in spec.checkpoint_steps if (paths.checkpoint(s) / "optimizer.pt").exists()]
     assert with_opt == [4, 16]  # the one-step analysis' checkpoint and the newest (for resuming)
 
 
@@ -154,21 +157,22 @@ def test_batch_order_is_shared_and_covers_each_epoch():
 
 def test_schedules():
     trap = Schedule("trapezoidal", warmup_steps=10, warmup_start_factor=0.1, cooldown_steps=20, final_lr_factor=0.0)
+    cos = Schedule("cosine", warmup_steps=0, warmup_start_factor=0.1, cooldown_steps=0, final_lr_factor=0.1)
+    const = Schedule("constant", warmup_steps=0, warmup_start_factor=0.1, cooldown_steps=0, final_lr_factor=0.1)
     assert lr_factor(trap, 0, 100) == pytest.approx(0.1)
     assert lr_factor(trap, 5, 100) == pytest.approx(0.55)
     assert lr_factor(trap, 10, 100) == 1.0 and lr_factor(trap, 79, 100) == 1.0
     assert lr_factor(trap, 89, 100) == pytest.approx(0.5)
     assert lr_factor(trap, 99, 100) == pytest.approx(0.0)
-    cos = Schedule("cosine", warmup_steps=0, final_lr_factor=0.1)
     assert lr_factor(cos, 0, 100) == 1.0
     assert lr_factor(cos, 50, 100) == pytest.approx(0.55)
     assert lr_factor(cos, 100, 100) == pytest.approx(0.1)
-    assert lr_factor(Schedule("constant"), 37, 100) == 1.0
+    assert lr_factor(const, 37, 100) == 1.0
 
 
 def test_param_groups_skip_decay_on_embedding(tiny_config):
     from scaledyn.model import build_model
-    from scaledyn.train import param_groups
+    from scaledyn.optim import param_groups
 
     spec = load_study(tiny_config).run_spec("tiny-1k_s0")
     model = build_model(spec.size, 300, 0)

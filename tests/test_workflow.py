@@ -4,7 +4,6 @@ import copy
 import re
 import subprocess
 import sys
-import time
 
 from conftest import REPO, TINY, run_workflow
 
@@ -41,7 +40,7 @@ def test_bad_config_fails_before_any_job(tmp_path):
 
 
 def test_incremental_reruns(tiny_study, tmp_path):
-    work = tiny_study.parent
+    work = tiny_study.root.parent
     cfg = (work / "config.yaml").read_text()
     try:
         import yaml

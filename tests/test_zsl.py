@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from scaledyn import checkpoint, zsl
+from scaledyn import zsl
 from scaledyn.config import load_study
 from scaledyn.data import TokenData
-from scaledyn.onestep import (jvp_predictions, load_for_step, one_step, per_position_predictions, trainable)
-from scaledyn.train import train
+from scaledyn.layout import RunPaths
+from scaledyn.onestep import (jvp_predictions, load_for_step, one_step, per_position_predictions, step_lr, trainable)
+from scaledyn.train import BatchOrder, train
 
 
 def test_metric_properties():
@@ -30,7 +31,7 @@ def test_log2_pairs():
 
 
 def test_dtt_table_from_exported_losses(tiny_study, tmp_path):
-    df = zsl.dtt_table(tiny_study / "losses", "tiny-6k_s0", tmp_path / "dtt.parquet")
+    df = zsl.dtt_table(tiny_study.losses.dir, "tiny-6k_s0", tmp_path / "dtt.parquet")
     assert (tmp_path / "dtt.csv").exists()
     eval_tok = df[(df["split"] == "eval") & (df["granularity"] == "token")]
     assert list(eval_tok["step"]) == [1, 2, 4, 8, 16, 32]
@@ -41,18 +42,18 @@ def test_dtt_table_from_exported_losses(tiny_study, tmp_path):
 def test_workflow_tables(tiny_study):
     import pandas as pd
 
-    z = pd.read_parquet(tiny_study / "zsl" / "zsl.parquet")
+    z = pd.read_parquet(tiny_study.zsl_table)
     assert set(z["variant"]) == {"dt=t", "dt=1"}
     dt1 = z[z["variant"] == "dt=1"]
     assert set(dt1["step"]) == {16, 64} and (dt1["n"] == 2).all()
     assert dt1["D_std"].notna().all() and "pred_corr_mean" in z
     assert (z.groupby(["run", "step", "variant", "split", "granularity"]).size() == 1).all()
-    assert (tiny_study / "zsl" / "zsl.csv").exists()
+    assert tiny_study.zsl_table.with_suffix(".csv").exists()
 
 
 def test_jvp_equals_per_token_autograd(tiny_study):
-    model, *_ = load_for_step(checkpoint.directory(tiny_study / "runs" / "tiny-6k_s0", 16))
-    data = TokenData.open(tiny_study / "data")
+    model, *_ = load_for_step(tiny_study.run("tiny-6k_s0").checkpoint(16))
+    data = TokenData.open(tiny_study.data.dir)
     batch = torch.from_numpy(np.asarray(data.heldout_batch(0)[0][:2], dtype=np.int64))
     gen = torch.Generator().manual_seed(0)
     delta = {n: torch.randn(p.shape, generator=gen) * 1e-3 for n, p in trainable(model).items()}
@@ -69,13 +70,11 @@ def test_one_step_reproduces_the_training_loop(tmp_path, tiny_config, tiny_data)
                                run_dir=str(tmp_path / "run"), steps=9, checkpoint_steps=(8, 9), grad_clip=None,
                                optimizer_steps=None)
     train(spec)
-    model, optimizer, scheduler, _, _ = load_for_step(checkpoint.directory(spec.run_dir, 8))
-    from scaledyn.train import BatchOrder
-
+    model, optimizer, spec8, _ = load_for_step(RunPaths(spec.run_dir).checkpoint(8))
     data = TokenData.open(tiny_data)
     rows = BatchOrder(len(data.split("train")), spec.batch_size, spec.data_seed).rows(9)
     batch = torch.from_numpy(np.asarray(data.split("train")[rows], dtype=np.int64))
-    one_step(model, optimizer, batch, scheduler.get_last_lr()[0])
-    target, *_ = load_for_step(checkpoint.directory(spec.run_dir, 9))
+    one_step(model, optimizer, batch, step_lr(spec8, 8)[0])
+    target, *_ = load_for_step(RunPaths(spec.run_dir).checkpoint(9))
     for (n, p), q in zip(model.named_parameters(), target.parameters()):
         assert torch.allclose(p, q, atol=1e-6), n

@@ -1,55 +1,63 @@
-"""`scaledyn` console script: one subcommand per workflow stage, so rules stay one line long."""
+"""`scaledyn`: scaling studies of language-model training dynamics (loss deceleration and
+zero-sum learning). One subcommand per workflow stage; `snakemake` runs them in order, and each
+also runs by hand.
+
+Stage options come either as `--options JSON` (what the workflow passes: the stage's section of
+the study config) or as flags; a flag overrides the same key of `--options`. Defaults are the
+study schema's and are shown in each command's --help.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from . import __version__
+from .errors import ScaledynError
 
-def _study(args):
-    from .config import load_study
 
-    return load_study(args.config)
+def _stage_options(cls, args, **flags):
+    base = cls.from_json(args.options) if args.options else cls.defaults()
+    return dataclasses.replace(base, **{k: v for k, v in flags.items() if v is not None})
 
 
 def cmd_validate(args) -> None:
-    study = _study(args)
-    print(json.dumps({"runs": sorted(study.runs), "checkpoint_steps": study.checkpoint_steps}, indent=2))
+    from .config import load_study
+
+    study = load_study(args.config)
+    runs = sorted(study.runs, key=lambda r: (study.sizes[study.runs[r][0]].non_embedding_params(), study.runs[r][1], r))
+    print(json.dumps({"runs": runs, "checkpoint_steps": study.checkpoint_steps}, indent=2))
 
 
 def cmd_prepare_data(args) -> None:
-    from .config import validate_schema
+    from .config import load_study
     from .data import prepare
+    from .options import DataOptions
 
-    if args.data:  # the workflow passes only the data section, so other edits don't re-prepare
-        data, batch_size = validate_schema({"data": json.loads(args.data)})["data"], args.batch_size
-        out = Path(args.out)
+    if args.options:  # the workflow passes only the data options, so other edits don't re-prepare
+        options, out = DataOptions.from_json(args.options), Path(args.out)
     else:
-        study = _study(args)
-        data, batch_size = study.cfg["data"], study.cfg["train"]["batch_size"]
-        out = Path(args.out) if args.out else study.data_dir
-    m = prepare(data, batch_size, out)
+        study = load_study(args.config)
+        options, out = study.data, Path(args.out) if args.out else study.layout.data.dir
+    m = prepare(options, out)
     print(f"{out}: {m['n_tokens']:,} tokens, vocabulary {m['tokenizer']['vocab_size']}, "
           f"{m['splits']['train']['sequences']:,} training sequences of {m['seq_len']}")
 
 
-def _spec(args):
-    from .config import RunSpec
-
-    if args.spec:
-        return RunSpec.from_json(args.spec)
-    study = _study(args)
-    if args.run not in study.runs:
-        sys.exit(f"scaledyn: unknown run {args.run!r}; the study's runs are {sorted(study.runs)}")
-    return study.run_spec(args.run)
-
-
 def cmd_train(args) -> None:
+    from .config import load_study
+    from .options import RunSpec
     from .train import train
 
-    train(_spec(args))
+    if args.spec:
+        return train(RunSpec.from_json(args.spec))
+    study = load_study(args.config)
+    if args.run not in study.runs:
+        raise ScaledynError(f"unknown run {args.run!r}; the study's runs are {sorted(study.runs)}")
+    train(study.run_spec(args.run))
 
 
 def cmd_launch(args) -> None:
@@ -60,11 +68,11 @@ def cmd_launch(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from .evaluate import evaluate_checkpoint
+    from .options import EvaluateOptions
 
-    evaluate_checkpoint(
-        args.run_dir, args.step, args.data, args.out, batch_size=args.batch_size, token_dtype=args.token_dtype,
-        heldout=not args.no_heldout, study=args.study, force=args.force,
-    )
+    options = _stage_options(EvaluateOptions, args, batch_size=args.batch_size, token_dtype=args.token_dtype,
+                             heldout=False if args.no_heldout else None)
+    evaluate_checkpoint(args.run_dir, args.step, args.data, args.out, options, study=args.study, force=args.force)
 
 
 def cmd_run_table(args) -> None:
@@ -80,11 +88,12 @@ def cmd_export(args) -> None:
 
 
 def cmd_fit_curve(args) -> None:
-    from .fit import FitOptions, fit_curve_file
+    from .fit import fit_curve_file
+    from .options import FitOptions
 
-    options = FitOptions(smoothing=args.smoothing, subsample=args.subsample, transient_steps=args.transient_steps,
-                         input_smoothed=args.input_smoothed, on_duplicate=args.on_duplicate, bootstrap=args.bootstrap,
-                         alpha=args.alpha, seed=args.seed)
+    options = _stage_options(FitOptions, args, smoothing=args.smoothing, subsample=args.subsample,
+                             transient_steps=args.transient_steps, input_smoothed=args.input_smoothed,
+                             on_duplicate=args.on_duplicate, bootstrap=args.bootstrap, alpha=args.alpha, seed=args.seed)
     print(fit_curve_file(args.input, args.out, options).summary(), end="")
 
 
@@ -103,10 +112,12 @@ def cmd_zsl_dtt(args) -> None:
 
 def cmd_zsl_dt1(args) -> None:
     from .onestep import dt1_analysis
+    from .options import ZslOptions
 
-    dt1_analysis(args.run_dir, args.step, args.data, args.out, args.changes_root, gradient_view=not args.no_gradient_view,
-                 coordinate_max_params=args.coordinate_max_params, coordinate_tokens=args.coordinate_tokens,
-                 eval_batch_size=args.batch_size)
+    options = _stage_options(ZslOptions, args, gradient_view=False if args.no_gradient_view else None,
+                             coordinate_max_params=args.coordinate_max_params, coordinate_tokens=args.coordinate_tokens,
+                             batch_size=args.batch_size)
+    dt1_analysis(args.run_dir, args.step, args.data, args.out, args.changes, options)
 
 
 def cmd_zsl_merge(args) -> None:
@@ -116,9 +127,122 @@ def cmd_zsl_merge(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from .options import ReportOptions
     from .report import build_report
 
-    build_report(args.results, args.runs, args.out, histogram_steps=args.histogram_steps)
+    options = _stage_options(ReportOptions, args, histogram_steps=args.histogram_steps)
+    build_report(args.run_dirs, args.fits, args.trends, args.zsl, args.losses, args.out, options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .options import EvaluateOptions, FitOptions, ReportOptions, ZslOptions
+
+    p = argparse.ArgumentParser(prog="scaledyn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"scaledyn {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def add(name, fn, text, options=False):
+        sp = sub.add_parser(name, help=text, description=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sp.set_defaults(fn=fn)
+        if options:
+            sp.add_argument("--options", help="the stage's options as JSON (what the workflow passes)")
+        return sp
+
+    fit, ev, zs, rp = FitOptions.defaults(), EvaluateOptions.defaults(), ZslOptions.defaults(), ReportOptions.defaults()
+    d = lambda v: f"(default: {v})"  # noqa: E731  flags default to None so that --options can supply them
+
+    sp = add("validate", cmd_validate, "Validate a study config; print its runs (smallest first) and checkpoint steps.")
+    sp.add_argument("--config", default="config.yaml", help="study config (YAML)")
+
+    sp = add("prepare-data", cmd_prepare_data, "Tokenize the corpus into train / eval / held-out arrays.", options=True)
+    sp.add_argument("--config", default="config.yaml", help="study config, when no --options are given")
+    sp.add_argument("--out", help="data directory (default: <results>/data of the config)")
+
+    sp = add("train", cmd_train, "Train one run; resumes from its newest complete checkpoint.")
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--spec", help="run spec as JSON (what the workflow passes)")
+    g.add_argument("--run", help="run name from --config, e.g. tiny-11k_s0")
+    sp.add_argument("--config", default="config.yaml", help="study config for --run")
+
+    sp = add("launch", cmd_launch, "Run a scaledyn subcommand under accelerate launch (multi-GPU, multi-node via srun).")
+    sp.add_argument("--gpus", type=int, default=0, help="GPUs per node (0 = CPU)")
+    sp.add_argument("--nodes", type=int, default=1, help="nodes")
+    sp.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node")
+    sp.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    sp.add_argument("command", nargs=argparse.REMAINDER, help="-- then the scaledyn subcommand and its arguments")
+
+    sp = add("evaluate", cmd_evaluate, "Per-token losses of one checkpoint into the Parquet dataset.", options=True)
+    sp.add_argument("--run-dir", required=True, help="the run's directory")
+    sp.add_argument("--step", type=int, required=True, help="checkpoint step")
+    sp.add_argument("--data", required=True, help="prepared data directory")
+    sp.add_argument("--out", required=True, help="losses dataset root")
+    sp.add_argument("--batch-size", type=int, help=f"sequences per forward pass {d(ev.batch_size)}")
+    sp.add_argument("--token-dtype", choices=["float32", "float16"], help=f"per-token loss column type {d(ev.token_dtype)}")
+    sp.add_argument("--no-heldout", action="store_true", help="skip the held-out training batches")
+    sp.add_argument("--study", default="", help="study name, recorded in the run table")
+    sp.add_argument("--force", action="store_true", help="re-evaluate even if the partition exists")
+
+    sp = add("run-table", cmd_run_table, "Write the run table (one row per run).")
+    sp.add_argument("runs", nargs="+", help="run directories")
+    sp.add_argument("--out", required=True, help="runs.parquet to write")
+    sp.add_argument("--study", default="", help="study name")
+
+    sp = add("export", cmd_export, "Pack the losses dataset, run table and schema for sharing.")
+    sp.add_argument("--losses", required=True, help="losses dataset root")
+    sp.add_argument("--out", required=True, help="directory, or a .tar/.tar.gz/.zip archive")
+    sp.add_argument("--runs", nargs="*", help="only these runs")
+
+    sp = add("fit-curve", cmd_fit_curve, "Test a step,loss CSV for an abrupt deceleration and fit the broken power law.",
+             options=True)
+    sp.add_argument("input", help="CSV with columns step and loss (other columns are ignored)")
+    sp.add_argument("--out", required=True, help="FIT.json to write")
+    sp.add_argument("--smoothing", choices=["log-ma", "none"], help=f"smoothing applied before fitting {d(fit.smoothing)}")
+    sp.add_argument("--subsample", choices=["log", "none"], help=f"log subsampling of the steps {d(fit.subsample)}")
+    sp.add_argument("--transient-steps", type=float, help=f"fit only steps above this {d(fit.transient_steps)}")
+    sp.add_argument("--input-smoothed", choices=["auto", "no", "log-ma", "other"],
+                    help=f"was the curve smoothed before? auto: log-subsampled steps mean log-ma {d(fit.input_smoothed)}")
+    sp.add_argument("--on-duplicate", choices=["last", "first", "mean", "error"],
+                    help=f"a step logged twice with different losses keeps this value {d(fit.on_duplicate)}")
+    sp.add_argument("--bootstrap", type=_at_least(19), help=f"draws for the test and the intervals {d(fit.bootstrap)}")
+    sp.add_argument("--alpha", type=float, help=f"significance level of the break test {d(fit.alpha)}")
+    sp.add_argument("--seed", type=int, help=f"bootstrap seed {d(fit.seed)}")
+
+    sp = add("fit-scaling", cmd_fit_scaling, "Trends of L_d, r_d and c0 with log N across sizes, weighted by their uncertainty.")
+    sp.add_argument("--fits", nargs="+", required=True, help="FIT.json files")
+    sp.add_argument("--runs", nargs="+", required=True, help="run.json files, same order as --fits")
+    sp.add_argument("--out-sizes", required=True, help="per-run table (CSV)")
+    sp.add_argument("--out-trends", required=True, help="the trends (JSON, ScalingTrend.from_json)")
+    sp.add_argument("--out-summary", required=True, help="plain-text summary")
+
+    sp = add("zsl-dtt", cmd_zsl_dtt, "D, M, |dL| between consecutive checkpoints from the exported losses.")
+    sp.add_argument("--losses", required=True, help="losses dataset root")
+    sp.add_argument("--run", required=True, help="run name")
+    sp.add_argument("--out", required=True, help="table to write (.parquet; a .csv is written beside it)")
+
+    sp = add("zsl-dt1", cmd_zsl_dt1, "One optimizer step from a checkpoint on each held-out batch.", options=True)
+    sp.add_argument("--run-dir", required=True, help="the run's directory")
+    sp.add_argument("--step", type=int, required=True, help="checkpoint step (must hold optimizer state)")
+    sp.add_argument("--data", required=True, help="prepared data directory")
+    sp.add_argument("--out", required=True, help="metrics table (.parquet; a .csv is written beside it)")
+    sp.add_argument("--changes", required=True, help="dataset of per-token loss changes (hive: run=, step=)")
+    sp.add_argument("--no-gradient-view", action="store_true", help="skip the JVP prediction and coordinate interference")
+    sp.add_argument("--coordinate-max-params", type=int, help=f"largest model for per-token gradients {d(zs.coordinate_max_params)}")
+    sp.add_argument("--coordinate-tokens", type=int, help=f"tokens per batch for coordinate interference {d(zs.coordinate_tokens)}")
+    sp.add_argument("--batch-size", type=int, help=f"sequences per forward pass {d(zs.batch_size)}")
+
+    sp = add("zsl-merge", cmd_zsl_merge, "Concatenate ZSL tables into one (Parquet + CSV).")
+    sp.add_argument("inputs", nargs="+", help="tables to merge")
+    sp.add_argument("--out", required=True, help="merged table (.parquet)")
+
+    sp = add("report", cmd_report, "Figures, tables and the summary for a finished study.", options=True)
+    sp.add_argument("--run-dirs", nargs="+", required=True, help="the runs' directories")
+    sp.add_argument("--fits", nargs="+", required=True, help="their FIT.json files, same order")
+    sp.add_argument("--trends", required=True, help="trends.json from fit-scaling")
+    sp.add_argument("--zsl", required=True, help="zsl.parquet from zsl-merge")
+    sp.add_argument("--losses", required=True, help="losses dataset root (for the loss-change histograms)")
+    sp.add_argument("--histogram-steps", nargs="*", type=int, help=f"checkpoints for the histograms {d(rp.histogram_steps or 'around t_d')}")
+    sp.add_argument("--out", required=True, help="report directory")
+    return p
 
 
 def _at_least(n: int):
@@ -132,107 +256,7 @@ def _at_least(n: int):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="scaledyn", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    def add(name, fn, help):
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(fn=fn)
-        return sp
-
-    sp = add("validate", cmd_validate, "Validate a study config and list its runs and checkpoint steps.")
-    sp.add_argument("--config", default="config.yaml")
-
-    sp = add("prepare-data", cmd_prepare_data, "Tokenize the corpus into train/eval/held-out arrays.")
-    sp.add_argument("--config", default="config.yaml")
-    sp.add_argument("--data", help="the config's data section as JSON (what the workflow passes); needs --out")
-    sp.add_argument("--batch-size", type=int, default=16, help="held-out batch size (= train.batch_size), with --data")
-    sp.add_argument("--out", help="data directory (default: <results>/data)")
-
-    sp = add("train", cmd_train, "Train one run; resumes from its newest complete checkpoint.")
-    g = sp.add_mutually_exclusive_group(required=True)
-    g.add_argument("--spec", help="run spec as JSON (what the workflow passes)")
-    g.add_argument("--run", help="run name from --config, e.g. tiny-11k_s0")
-    sp.add_argument("--config", default="config.yaml")
-
-    sp = add("launch", cmd_launch, "Run a scaledyn subcommand under accelerate launch (multi-GPU, multi-node via srun).")
-    sp.add_argument("--gpus", type=int, default=0, help="GPUs per node (0 = CPU)")
-    sp.add_argument("--nodes", type=int, default=1)
-    sp.add_argument("--port", type=int, default=29500)
-    sp.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
-    sp.add_argument("command", nargs=argparse.REMAINDER, help="-- then the scaledyn subcommand and its arguments")
-
-    sp = add("evaluate", cmd_evaluate, "Per-token losses of one checkpoint into the Parquet dataset.")
-    sp.add_argument("--run-dir", required=True)
-    sp.add_argument("--step", type=int, required=True)
-    sp.add_argument("--data", required=True, help="prepared data directory")
-    sp.add_argument("--out", required=True, help="losses dataset root")
-    sp.add_argument("--batch-size", type=int, default=64)
-    sp.add_argument("--token-dtype", choices=["float32", "float16"], default="float32")
-    sp.add_argument("--no-heldout", action="store_true")
-    sp.add_argument("--study", default="")
-    sp.add_argument("--force", action="store_true", help="re-evaluate even if the partition exists")
-
-    sp = add("run-table", cmd_run_table, "Write the run table (one row per run) next to the losses.")
-    sp.add_argument("runs", nargs="+", help="run directories")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--study", default="")
-
-    sp = add("export", cmd_export, "Pack the losses dataset, run table and schema for sharing.")
-    sp.add_argument("--losses", required=True)
-    sp.add_argument("--out", required=True, help="directory, or a .tar/.tar.gz/.zip archive")
-    sp.add_argument("--runs", nargs="*", help="only these runs")
-
-    sp = add("fit-curve", cmd_fit_curve, "Test a step,loss CSV for an abrupt deceleration and fit the broken power law.")
-    sp.add_argument("input", help="CSV with columns step and loss (other columns are ignored)")
-    sp.add_argument("--out", required=True, help="FIT.json to write")
-    sp.add_argument("--smoothing", choices=["log-ma", "none"], default="log-ma")
-    sp.add_argument("--subsample", choices=["log", "none"], default="log")
-    sp.add_argument("--transient-steps", type=float, default=100, help="fit only steps above this")
-    sp.add_argument("--input-smoothed", choices=["auto", "no", "log-ma", "other"], default="auto",
-                    help="was the curve smoothed before? auto: log-subsampled steps mean yes (log-ma)")
-    sp.add_argument("--on-duplicate", choices=["last", "first", "mean", "error"], default="last",
-                    help="a step logged twice with different losses (a resumed run): which value to keep")
-    sp.add_argument("--bootstrap", type=_at_least(19), default=200, help="draws for the test and the intervals")
-    sp.add_argument("--alpha", type=float, default=0.05, help="significance level of the break test")
-    sp.add_argument("--seed", type=int, default=0)
-
-    sp = add("fit-scaling", cmd_fit_scaling, "Trends of L_d, r_d and c0 with log N across sizes (weighted by their uncertainty).")
-    sp.add_argument("--fits", nargs="+", required=True)
-    sp.add_argument("--runs", nargs="+", required=True, help="run.json files, same order as --fits")
-    sp.add_argument("--out-sizes", required=True, help="per-run table (CSV)")
-    sp.add_argument("--out-trends", required=True, help="the trends (JSON, ScalingTrend.from_json)")
-    sp.add_argument("--out-summary", required=True)
-
-    sp = add("zsl-dtt", cmd_zsl_dtt, "D, M, |dL| between consecutive checkpoints from the exported losses.")
-    sp.add_argument("--losses", required=True)
-    sp.add_argument("--run", required=True)
-    sp.add_argument("--out", required=True)
-
-    sp = add("zsl-dt1", cmd_zsl_dt1, "One optimizer step from a checkpoint on each held-out batch.")
-    sp.add_argument("--run-dir", required=True)
-    sp.add_argument("--step", type=int, required=True)
-    sp.add_argument("--data", required=True)
-    sp.add_argument("--out", required=True, help="metrics table (.parquet; a .csv is written beside it)")
-    sp.add_argument("--changes-root", required=True, help="dataset root for the per-token loss changes (hive: run=, step=)")
-    sp.add_argument("--no-gradient-view", action="store_true")
-    sp.add_argument("--coordinate-max-params", type=int, default=2_000_000)
-    sp.add_argument("--coordinate-tokens", type=int, default=256)
-    sp.add_argument("--batch-size", type=int, default=64)
-
-    sp = add("zsl-merge", cmd_zsl_merge, "Concatenate ZSL tables into one (Parquet + CSV).")
-    sp.add_argument("inputs", nargs="+")
-    sp.add_argument("--out", required=True)
-
-    sp = add("report", cmd_report, "Figures, tables and the summary for a finished study.")
-    sp.add_argument("--results", required=True, help="the study's results directory")
-    sp.add_argument("--runs", nargs="+", required=True)
-    sp.add_argument("--histogram-steps", nargs="*", type=int, default=[])
-    sp.add_argument("--out", required=True, help="report directory")
-
-    args = p.parse_args(argv)
-    from .errors import ScaledynError
-
+    args = build_parser().parse_args(argv)
     try:
         args.fn(args)
     except ScaledynError as e:

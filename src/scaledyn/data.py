@@ -9,7 +9,6 @@ eval = [0, N), held-out = [N, N + K*B), train = the rest, in that order.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import platform
 import sys
@@ -22,9 +21,12 @@ from tqdm.auto import tqdm
 
 from . import atomic
 from .errors import DataError
+from .hashing import sha256
+from .layout import DataPaths
+from .options import DataOptions
 
 EOS = "<|endoftext|>"
-FILES = {"train": "train.npy", "eval": "eval.npy", "heldout": "heldout.npy"}
+SPLITS = ("train", "eval", "heldout")
 
 
 # ----------------------------------------------------------------------------- documents
@@ -106,9 +108,9 @@ def _hf_documents(hf: dict, limit: int | None) -> list[str]:
     return docs
 
 
-def load_documents(data: dict) -> tuple[list[str], dict]:
+def load_documents(data: DataOptions) -> tuple[list[str], dict]:
     """Return the documents and a provenance record for the manifest."""
-    src, limit = data["source"], data["max_documents"]
+    src, limit = data.source, data.max_documents
     if src == "stdlib":
         files = stdlib_files()[:limit] if limit else stdlib_files()
         listing = "\n".join(str(p.relative_to(sysconfig.get_paths()["stdlib"])) for p in files)
@@ -118,10 +120,10 @@ def load_documents(data: dict) -> tuple[list[str], dict]:
             "python_version": platform.python_version(),
             "python_implementation": platform.python_implementation(),
             "n_files": len(files),
-            "file_list_sha256": hashlib.sha256(listing.encode()).hexdigest(),
+            "file_list_sha256": sha256(listing.encode()),
         }
     elif src == "files":
-        f = data["files"]
+        f = data.files
         paths = _expand(f["paths"])
         if not paths:
             raise DataError("config: data.files.paths: no regular files matched")
@@ -131,8 +133,8 @@ def load_documents(data: dict) -> tuple[list[str], dict]:
         docs = docs[:limit] if limit else docs
         prov = {"source": "files", "format": f["format"], "field": f["field"], "files": [str(p) for p in paths]}
     else:
-        docs = _hf_documents(data["hf"], limit)
-        prov = {"source": "hf", **data["hf"]}
+        docs = _hf_documents(data.hf, limit)
+        prov = {"source": "hf", **data.hf}
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise DataError(f"corpus ({src}): no non-empty documents")
@@ -198,72 +200,67 @@ def tokenize(docs: list[str], tokenizer, max_tokens: int | None) -> np.ndarray:
 # ----------------------------------------------------------------------------- prepare / load
 
 
-def _sha256(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
-
-
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with atomic.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, arr)
 
 
-def prepare(data: dict, batch_size: int, out_dir: str | Path) -> dict:
-    """Build the token data for a study's `data` section; returns the manifest."""
-    out = Path(out_dir)
+def prepare(data: DataOptions, out_dir: str | Path) -> dict:
+    """Build the token data for a study's `data` options; returns the manifest."""
+    out = DataPaths(out_dir)
     docs, prov = load_documents(data)
-    tokenizer = load_tokenizer(data["tokenizer"], docs)
-    tokens = tokenize(docs, tokenizer, data["max_tokens"])
+    tokenizer = load_tokenizer(data.tokenizer, docs)
+    tokens = tokenize(docs, tokenizer, data.max_tokens)
 
-    seq = data["seq_len"]
+    seq, batch_size = data.seq_len, data.heldout_batch_size
     n_seq = len(tokens) // seq
-    n_eval, n_held = data["eval_sequences"], data["heldout_batches"] * batch_size
+    n_eval, n_held = data.eval_sequences, data.heldout_batches * batch_size
     if n_seq < n_eval + n_held + 1:
         raise DataError(
             f"config: data.eval_sequences: the corpus holds {n_seq} sequences of {seq} tokens, too few for "
             f"{n_eval} evaluation sequences + {n_held} held-out sequences + training data"
         )
     chunks = tokens[: n_seq * seq].reshape(n_seq, seq)
-    order = np.random.default_rng(data["seed"]).permutation(n_seq)
+    order = np.random.default_rng(data.seed).permutation(n_seq)
     pick = {"eval": order[:n_eval], "heldout": order[n_eval : n_eval + n_held], "train": np.sort(order[n_eval + n_held :])}
     pick["eval"].sort()
     pick["heldout"].sort()
 
     arrays = {name: chunks[idx] for name, idx in pick.items()}
     offsets = {"eval": 0, "heldout": n_eval, "train": n_eval + n_held}
-    tok_dir = out / "tokenizer"
-    with atomic.atomic_dir(tok_dir) as tmp:
+    with atomic.atomic_dir(out.tokenizer) as tmp:
         tokenizer.save_pretrained(tmp)
     for name, arr in arrays.items():
-        _save_npy(out / FILES[name], arr)
+        _save_npy(out.split(name), arr)
 
     vocab = len(tokenizer)
     manifest = {
         "format": 1,
         "corpus": prov,
-        "tokenizer": {**data["tokenizer"], "path": "tokenizer", "vocab_size": vocab, "eos_token_id": tokenizer.eos_token_id},
+        "tokenizer": {**data.tokenizer, "path": "tokenizer", "vocab_size": vocab, "eos_token_id": tokenizer.eos_token_id},
         "model_vocab_size": model_vocab_size(vocab),
         "dtype": str(chunks.dtype),
         "seq_len": seq,
-        "seed": data["seed"],
+        "seed": data.seed,
         "n_tokens": int(len(tokens)),
         "n_tokens_dropped": int(len(tokens) - n_seq * seq),
         "max_token_id": int(tokens.max()),
         "heldout_batch_size": batch_size,
-        "heldout_batches": data["heldout_batches"],
+        "heldout_batches": data.heldout_batches,
         "splits": {
             name: {
-                "file": FILES[name],
+                "file": out.split(name).name,
                 "sequences": int(len(arr)),
                 "example_id_start": offsets[name],
                 "example_id_stop": offsets[name] + int(len(arr)),
-                "sha256": _sha256(arr),
+                "sha256": sha256(arr),
             }
             for name, arr in arrays.items()
         },
         "created_with": {"python": sys.version.split()[0], "scaledyn": __import__("scaledyn").__version__},
     }
-    atomic.write_json(out / "manifest.json", manifest)
+    atomic.write_json(out.manifest, manifest)
     return manifest
 
 
@@ -277,7 +274,7 @@ class TokenData:
     @classmethod
     def open(cls, root: str | Path) -> "TokenData":
         root = Path(root)
-        mpath = root / "manifest.json"
+        mpath = DataPaths(root).manifest
         try:
             manifest = json.loads(mpath.read_text())
         except FileNotFoundError:
@@ -317,7 +314,7 @@ class TokenData:
 
     def check_for_model(self, vocab_size: int, context: int, seq_len: int) -> None:
         """Fail before training when the data cannot feed this model."""
-        mpath = self.root / "manifest.json"
+        mpath = DataPaths(self.root).manifest
         if self.manifest["max_token_id"] >= vocab_size:
             raise DataError(
                 f"data manifest {mpath}: max_token_id {self.manifest['max_token_id']} does not fit the model's "

@@ -7,7 +7,6 @@ process gathers them, so every example appears exactly once.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +18,9 @@ from . import checkpoint, losses
 from .data import TokenData
 from .errors import CheckpointError
 from .launch import accelerator
+from .layout import GRANULARITIES, LossesPaths, RunPaths
 from .model import load_model, token_losses
+from .options import EvaluateOptions
 
 
 def per_token_losses(model, tokens: np.ndarray, batch_size: int, device, autocast, desc: str = "") -> np.ndarray:
@@ -45,9 +46,10 @@ def _tables(split_losses: dict, meta: dict, token_dtype: str) -> tuple[pa.Table,
         seq_cols["example_id"].append(ids)
         seq_cols["loss"].append(loss.mean(axis=1, dtype=np.float64).astype(np.float32))
         seq_cols["n_tokens"].append(np.full(n, s, np.int32))
+        example_id, position = losses.token_index(ids, s)
         tok_cols["split"] += [split] * (n * s)
-        tok_cols["example_id"].append(np.repeat(ids, s))
-        tok_cols["position"].append(np.tile(np.arange(1, s + 1, dtype=np.int32), n))
+        tok_cols["example_id"].append(example_id)
+        tok_cols["position"].append(position)
         tok_cols["loss"].append(loss.reshape(-1).astype(token_dtype))
     cat = lambda v: v if isinstance(v, list) and (not v or isinstance(v[0], str)) else np.concatenate(v)  # noqa: E731
     seq = pa.Table.from_pydict({k: cat(v) for k, v in seq_cols.items()}, schema=losses.schema("sequences"))
@@ -55,30 +57,28 @@ def _tables(split_losses: dict, meta: dict, token_dtype: str) -> tuple[pa.Table,
     return seq, tok
 
 
-def evaluate_checkpoint(run_dir, step: int, data_dir, out, batch_size: int = 64, token_dtype: str = "float32",
-                        heldout: bool = True, study: str = "", force: bool = False) -> bool:
-    """Write the (run, step) partitions of the loss dataset; False when they already exist."""
-    run_dir, out = Path(run_dir), Path(out)
-    run = run_dir.name
-    targets = [losses.partition_path(out, g, run, step) for g in ("sequences", "tokens")]
-    if not force and all(t.exists() for t in targets):
-        return False
-    ckpt = checkpoint.directory(run_dir, step)
-    if not (ckpt / checkpoint.COMPLETE).exists():
+def evaluate_checkpoint(run_dir, step: int, data_dir, out, options: EvaluateOptions | None = None, study: str = "",
+                        force: bool = False) -> bool:
+    """Write the (run, step) partitions of the loss dataset rooted at `out`; False when they exist."""
+    options = options or EvaluateOptions.defaults()
+    ckpt, out = RunPaths(run_dir).checkpoint(step), LossesPaths(out)
+    if not checkpoint.is_complete(ckpt):
         raise CheckpointError(f"checkpoint {ckpt}: missing or incomplete (no {checkpoint.COMPLETE} marker)")
     state = checkpoint.read_state(ckpt)
+    run = state["run"]
+    if not force and all(out.partition(g, run, step).exists() for g in GRANULARITIES):
+        return False
     acc = accelerator(bf16=torch.cuda.is_available())
     model = load_model(ckpt).to(acc.device).eval()
     data = TokenData.open(data_dir)
-
     splits = {"eval": (data.split("eval"), data.example_ids("eval"))}
-    if heldout and data.manifest["splits"]["heldout"]["sequences"]:
+    if options.heldout and data.manifest["splits"]["heldout"]["sequences"]:
         splits["heldout"] = (data.split("heldout"), data.example_ids("heldout"))
     results = {}
     for name, (tokens, ids) in splits.items():
         with acc.split_between_processes(list(range(len(tokens)))) as mine:
             rows = np.asarray(mine, dtype=np.int64)
-            loss = per_token_losses(model, tokens[rows] if len(rows) else tokens[:0], batch_size, acc.device,
+            loss = per_token_losses(model, tokens[rows] if len(rows) else tokens[:0], options.batch_size, acc.device,
                                     acc.autocast, desc=f"{run} step {step} {name}" if acc.is_main_process else "")
         parts = gather_object([(rows, loss)]) if acc.num_processes > 1 else [(rows, loss)]
         order = np.concatenate([p[0] for p in parts])
@@ -88,8 +88,8 @@ def evaluate_checkpoint(run_dir, step: int, data_dir, out, batch_size: int = 64,
             results[name] = (ids[order], stacked)
     if acc.is_main_process:
         meta = {"size": state["spec"]["size"]["name"], "seed": state["spec"]["seed"], "tokens_seen": state["tokens_seen"]}
-        seq, tok = _tables(results, meta, token_dtype)
-        losses.write_partition(out, "tokens", run, step, tok)
-        losses.write_partition(out, "sequences", run, step, seq)
+        seq, tok = _tables(results, meta, options.token_dtype)
+        losses.write_partition(out.dataset("tokens"), run, step, tok)
+        losses.write_partition(out.dataset("sequences"), run, step, seq)
     acc.wait_for_everyone()
     return True

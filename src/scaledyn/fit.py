@@ -27,6 +27,7 @@ from .breaktest import NOISE_FREE, BreakTest, break_test, slope_ratio, smooth_nu
 from .curve import Curve, Preprocessing, fit_points, read_curve_csv
 from .errors import CurveError
 from .noise import CurveSimulator, GaussianNoise, equivalent_step_sd
+from .options import FitOptions
 from .powerlaws import BNSL_PARAMS, LAWS, LawFit, fit_bnsl, refine_bnsl
 
 DERIVED = ("t_d", "L_d", "r_d", "L_T_hat", "c0")
@@ -36,23 +37,6 @@ MAX_RAW_POINTS = 20000  # raw points used to fit the per-step noise model (evenl
 MAX_STEP_GRID = 5e7  # longest per-step grid simulated for curves that arrive smoothed
 VERDICT_LAW = {"deceleration": "broken_power_law", "acceleration": "broken_power_law",
                "smooth_bend": "saturating_power_law", "power_law": "power_law"}
-
-
-@dataclass(frozen=True)
-class FitOptions:
-    """Everything `fit-curve` can be told; defaults are the schema's (config.schema.yaml, fit)."""
-
-    smoothing: str = "log-ma"
-    subsample: str = "log"
-    transient_steps: float = 100
-    input_smoothed: str = "auto"
-    on_duplicate: str = "last"
-    bootstrap: int = 200
-    alpha: float = 0.05
-    seed: int = 0
-
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing(self.smoothing, self.subsample, self.transient_steps, self.input_smoothed)
 
 
 def derived(theta, T: float) -> dict:
@@ -338,7 +322,8 @@ class PreparedFit:
 
 
 def prepare_fit(curve: Curve, options: FitOptions) -> PreparedFit:
-    pre, notes = options.preprocessing().resolve(curve.step)
+    o = options
+    pre, notes = Preprocessing(o.smoothing, o.subsample, o.transient_steps, o.input_smoothed).resolve(curve.step)
     idx, y_fit, smooth = fit_points(curve.step, curve.loss, pre)
     if len(idx) < 7:
         raise CurveError(f"{curve.source}: {len(idx)} points remain after preprocessing (transient {pre.transient_steps:g} "
@@ -351,7 +336,8 @@ def prepare_fit(curve: Curve, options: FitOptions) -> PreparedFit:
                        _noise_models(curve, idx, pre, x, y, broken, rng), rng)
 
 
-def fit_curve(curve: Curve, options: FitOptions = FitOptions()) -> BrokenPowerLawFit:
+def fit_curve(curve: Curve, options: FitOptions | None = None) -> BrokenPowerLawFit:
+    options = options or FitOptions.defaults()
     f = prepare_fit(curve, options)
     test = break_test(f.x, f.y, f.null, f.pl, f.sat, f.broken, f.noise_for, options.bootstrap, options.alpha, f.rng)
     simulator = f.noise_for(f.broken)
@@ -365,7 +351,8 @@ def fit_curve(curve: Curve, options: FitOptions = FitOptions()) -> BrokenPowerLa
                              f.broken, f.pl, f.sat, test, roots, other, bias_note(simulator, f.pre), notes)
 
 
-def fit_curve_file(path, out, options: FitOptions = FitOptions()) -> BrokenPowerLawFit:
+def fit_curve_file(path, out, options: FitOptions | None = None) -> BrokenPowerLawFit:
+    options = options or FitOptions.defaults()
     result = fit_curve(read_curve_csv(path, options.on_duplicate), options)
     atomic.write_json(out, result.to_json())
     return result

@@ -12,17 +12,19 @@ Any Parquet reader opens it: pyarrow.dataset, pandas, DuckDB (`hive_partitioning
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from . import atomic
-from .errors import SchemaMismatch  # noqa: F401  (re-exported for callers)
+from .errors import SchemaMismatch
+from .hashing import sha256
+from .layout import GRANULARITIES, LossesPaths, RunPaths, partition
 
 PARTITIONING = pa.schema([("run", pa.string()), ("step", pa.int64())])
 
@@ -51,7 +53,6 @@ FIELDS = {
         ("predicted", pa.float32(), "first-order prediction grad(loss) . dtheta (JVP); NaN where not computed"),
     ],
 }
-DATASETS = ("sequences", "tokens")  # what lives under results/losses; "changes" lives under results/zsl
 RUN_FIELDS = [
     ("run", pa.string(), "run name, <size>_s<seed>"),
     ("study", pa.string(), "study name"),
@@ -77,30 +78,32 @@ def schema(granularity: str, token_dtype: str = "float32") -> pa.Schema:
     return pa.schema(fields)
 
 
-def partition_path(root, granularity: str, run: str, step: int) -> Path:
-    return Path(root) / granularity / f"run={run}" / f"step={step}" / "part-0.parquet"
+def token_index(ids: np.ndarray, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(example_id, position) columns of per-token rows: every id repeated for positions 1..n."""
+    return np.repeat(ids, positions), np.tile(np.arange(1, positions + 1, dtype=np.int32), len(ids))
 
 
-def _existing_schema(root: Path, granularity: str, exclude: Path) -> pa.Schema | None:
-    for f in sorted((root / granularity).glob("run=*/step=*/part-0.parquet")):
+def _existing_schema(dataset: Path, exclude: Path) -> pa.Schema | None:
+    for f in sorted(dataset.glob("run=*/step=*/part-0.parquet")):
         if f != exclude:
             return pq.read_schema(f)
     return None
 
 
-def write_partition(root, granularity: str, run: str, step: int, table: pa.Table) -> Path:
-    """Atomically write one (run, step) partition after checking it matches the dataset's schema."""
-    root = Path(root)
-    path = partition_path(root, granularity, run, step)
-    existing = _existing_schema(root, granularity, path)
+def write_partition(dataset: str | Path, run: str, step: int, table: pa.Table) -> Path:
+    """Atomically write the (run, step) partition of `dataset` (a granularity folder) after checking
+    that it matches the dataset's schema; the schema document beside it is kept up to date."""
+    dataset = Path(dataset)
+    path = partition(dataset, run, step)
+    existing = _existing_schema(dataset, path)
     if existing is not None and not existing.remove_metadata().equals(table.schema.remove_metadata()):
         raise SchemaMismatch(
-            f"{root / granularity}: new rows for run={run} step={step} have schema {table.schema.remove_metadata()} "
+            f"{dataset}: new rows for run={run} step={step} have schema {table.schema.remove_metadata()} "
             f"but the dataset has {existing.remove_metadata()}; write to a new dataset or convert it"
         )
     with atomic.atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", use_dictionary=["split"], write_statistics=True)
-    write_schema_doc(root)
+    write_schema_doc(dataset.parent)
     return path
 
 
@@ -108,17 +111,19 @@ def write_schema_doc(root) -> None:
     doc = {
         "partitioning": {"flavor": "hive", "fields": {"run": "string", "step": "int64"}},
         "compression": "zstd",
-        **{g: {n: {"type": str(t), "description": d} for n, t, d in FIELDS[g]} for g in FIELDS if (Path(root) / g).is_dir()},
+        **{g: {n: {"type": str(t), "description": d} for n, t, d in FIELDS[g]} for g in FIELDS
+           if LossesPaths(root).dataset(g).is_dir()},
         "runs": {n: {"type": str(t), "description": d} for n, t, d in RUN_FIELDS},
     }
-    path = Path(root) / "schema.json"
+    path = LossesPaths(root).schema_doc
     text = json.dumps(doc, indent=2) + "\n"
     if not path.exists() or path.read_text() != text:
         atomic.write_text(path, text)
 
 
 def dataset(root, granularity: str = "sequences") -> ds.Dataset:
-    return ds.dataset(Path(root) / granularity, format="parquet", partitioning=ds.partitioning(PARTITIONING, flavor="hive"))
+    return ds.dataset(LossesPaths(root).dataset(granularity), format="parquet",
+                      partitioning=ds.partitioning(PARTITIONING, flavor="hive"))
 
 
 def load(root, granularity: str = "sequences", runs=None, steps=None, splits=None, columns=None, arrow: bool = False):
@@ -135,20 +140,16 @@ def load(root, granularity: str = "sequences", runs=None, steps=None, splits=Non
     return table if arrow else table.to_pandas()
 
 
-def spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def write_run_table(run_dirs, out, study: str = "") -> pa.Table:
     rows = []
     for d in run_dirs:
-        meta = json.loads((Path(d) / "run.json").read_text())
+        meta = json.loads(RunPaths(d).run_json.read_text())
         rows.append({
             "run": meta["run"], "study": study, "size": meta["size"], "seed": meta["seed"],
             "total_params": meta["total_params"], "non_embedding_params": meta["non_embedding_params"],
             "d_model": meta["d_model"], "n_layers": meta["n_layers"], "n_heads": meta["n_heads"],
             "vocab_size": meta["vocab_size"], "steps": meta["steps"], "tokens_per_step": meta["tokens_per_step"],
-            "config_hash": spec_hash(meta["spec"]), "data_manifest_sha256": meta["data_manifest_sha256"],
+            "config_hash": sha256(meta["spec"])[:16], "data_manifest_sha256": meta["data_manifest_sha256"],
         })
     table = pa.Table.from_pylist(rows, schema=pa.schema([(n, t) for n, t, _ in RUN_FIELDS]))
     with atomic.atomic_path(out) as tmp:
@@ -163,8 +164,8 @@ def export(root, out, runs=None) -> Path:
                     if out.name.endswith(suf)), None)
     stage = out.with_name(out.name.split(".")[0] + ".staging") if archive else out
     with atomic.atomic_dir(stage) as tmp:
-        for g in DATASETS:
-            for part in sorted((root / g).glob("run=*/step=*/part-0.parquet")):
+        for g in GRANULARITIES:
+            for part in sorted(LossesPaths(root).dataset(g).glob("run=*/step=*/part-0.parquet")):
                 run = part.parent.parent.name[4:]
                 if runs and run not in runs:
                     continue

@@ -12,7 +12,6 @@ interference needs per-token gradients, computed with vmap(grad) for models smal
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +21,34 @@ import torch
 from torch.func import functional_call, grad, jvp, vmap
 
 from . import checkpoint, losses, zsl
-from .config import RunSpec
 from .data import TokenData
 from .evaluate import per_token_losses
 from .errors import CheckpointError
+from .layout import RunPaths
 from .model import load_model, token_losses
-from .train import make_optimizer
+from .optim import lr_at, make_optimizer
+from .options import RunSpec, ZslOptions
 
 
 def load_for_step(ckpt: Path):
-    """Model (fp32, eager attention so forward-mode AD works everywhere), optimizer, scheduler, spec."""
+    """(model in fp32 with eager attention so forward-mode AD works everywhere, optimizer with the
+    checkpoint's state, run spec, that optimizer state for fresh copies)."""
     state, opt_state, _ = checkpoint.load_training_state(ckpt)
-    spec = RunSpec.from_json(json.dumps(state["spec"]))
+    spec = RunSpec.from_dict(state["spec"])
     model = load_model(ckpt, dtype=torch.float32)
     model.config._attn_implementation = "eager"
-    optimizer, scheduler = make_optimizer(model, spec)
-    optimizer.load_state_dict(opt_state["optimizer"])
-    scheduler.load_state_dict(opt_state["scheduler"])
-    return model, optimizer, scheduler, spec, opt_state
+    optimizer = make_optimizer(model, spec)
+    optimizer.load_state_dict(opt_state)
+    return model, optimizer, spec, opt_state
+
+
+def step_lr(spec: RunSpec, step: int) -> tuple[float, str]:
+    """The rate of the update after checkpoint `step`; a zero rate (the end of a decay) is replaced
+    by the peak rate, as the reference does, and said so."""
+    lr = lr_at(spec, step + 1)
+    if lr == 0:
+        return spec.lr, "zero learning rate at this step replaced by the peak rate"
+    return lr, ""
 
 
 def one_step(model, optimizer, batch: torch.Tensor, lr: float) -> None:
@@ -133,81 +142,62 @@ def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.T
             "coord_params": int(sum(p.numel() for p in params.values()))}
 
 
-def dt1_analysis(run_dir, step: int, data_dir, out, changes_root, gradient_view: bool = True,
-                 coordinate_max_params: int = 2_000_000, coordinate_tokens: int = 256, eval_batch_size: int = 64) -> pd.DataFrame:
-    run_dir = Path(run_dir)
-    ckpt = checkpoint.directory(run_dir, step)
-    if not (ckpt / "optimizer.pt").exists():
-        raise CheckpointError(f"checkpoint {ckpt}: no optimizer state; list step {step} in zsl.dt1_steps before training")
-    data = TokenData.open(data_dir)
-    k_batches = data.manifest["heldout_batches"]
-    if k_batches == 0:
-        raise CheckpointError("data: no held-out batches (data.heldout_batches is 0); the one-step analysis needs them")
-    model0, _, sched0, spec, opt_state = load_for_step(ckpt)
-    lr = sched0.get_last_lr()[0]
-    lr_note = ""
-    if lr == 0:
-        lr, lr_note = spec.lr, "zero learning rate at this step replaced by the peak rate"
-    eval_tokens, eval_ids = np.asarray(data.split("eval")), data.example_ids("eval")
-    cpu = torch.device("cpu")
-    nullctx = torch.autocast("cpu", enabled=False)
-    eval_before = per_token_losses(model0, eval_tokens, eval_batch_size, cpu, lambda: nullctx)
-    n_ne = sum(p.numel() for n, p in trainable(model0).items()) - model0.get_input_embeddings().weight.numel()
+def _measure_batch(k: int, model0, opt_state, spec, data: TokenData, eval_before, lr: float, options: ZslOptions):
+    """One optimizer step on held-out batch k: measured changes per split, their rows, gradient-view info."""
+    tokens, ids = data.heldout_batch(k)
+    batch = torch.from_numpy(tokens.astype(np.int64))
+    model = copy.deepcopy(model0)
+    optimizer = make_optimizer(model, spec)
+    optimizer.load_state_dict(opt_state)
+    with torch.no_grad():
+        before = token_losses(model, batch).numpy()
+    theta0 = {n: p.detach().clone() for n, p in trainable(model).items()}
+    one_step(model, optimizer, batch, lr)
+    with torch.no_grad():
+        after = token_losses(model, batch).numpy()
+    eval_after = per_token_losses(model, np.asarray(data.split("eval")), options.batch_size, torch.device("cpu"), _fp32)
+    delta = {n: p.detach() - theta0[n] for n, p in trainable(model).items()}
+    measured = {"heldout": (ids, after - before), "eval": (data.example_ids("eval"), eval_after - eval_before)}
+    info, pred = {"batch": k}, None
+    if options.gradient_view:
+        pred, more = _gradient_view(copy.deepcopy(model0), batch, delta, measured["heldout"][1], options)
+        info.update(more)
+    return measured, pred, info
 
-    rows, changes, extra = [], [], []
-    for k in range(k_batches):
-        tokens, ids = data.heldout_batch(k)
-        batch = torch.from_numpy(tokens.astype(np.int64))
-        model = copy.deepcopy(model0)
-        optimizer, _ = make_optimizer(model, spec)
-        optimizer.load_state_dict(opt_state["optimizer"])
-        with torch.no_grad():
-            before = token_losses(model, batch).numpy()
-        theta0 = {n: p.detach().clone() for n, p in trainable(model).items()}
-        one_step(model, optimizer, batch, lr)
-        with torch.no_grad():
-            after = token_losses(model, batch).numpy()
-        eval_after = per_token_losses(model, eval_tokens, eval_batch_size, cpu, lambda: nullctx)
-        delta = {n: p.detach() - theta0[n] for n, p in trainable(model).items()}
-        measured = {"heldout": (ids, after - before), "eval": (eval_ids, eval_after - eval_before)}
-        info = {"batch": k}
-        pred = None
-        if gradient_view:
-            model_b = copy.deepcopy(model0)
-            pred = jvp_predictions(model_b, batch, delta).detach().numpy()
-            x = measured["heldout"][1].ravel()
-            info.update({"pred_corr": float(np.corrcoef(pred.ravel(), x)[0, 1]), "D_pred": zsl.metrics(pred)["D"],
-                         "D_measured": zsl.metrics(x)["D"]})
-            if n_ne <= coordinate_max_params:
-                info.update(coordinate_interference(model_b, batch, delta, coordinate_tokens))
-            else:
-                info["coord_skipped"] = (f"{n_ne:,} non-embedding parameters exceed zsl.coordinate_max_params "
-                                         f"({coordinate_max_params:,}): per-token gradients would not fit in memory")
-        extra.append(info)
-        for split, (sids, dl) in measured.items():
-            s = dl.shape[1]
-            changes.append(pd.DataFrame({
-                "batch": np.int32(k), "split": split, "example_id": np.repeat(sids, s),
-                "position": np.tile(np.arange(1, s + 1, dtype=np.int32), len(sids)),
-                "delta": dl.ravel().astype(np.float32),
-                "predicted": (pred.ravel().astype(np.float32) if split == "heldout" and pred is not None
-                              else np.full(dl.size, np.nan, np.float32)),
-            }))
-            for gran, vals in (("token", dl.ravel()), ("sequence", dl.mean(axis=1))):
-                rows.append({"batch": k, "split": split, "granularity": gran, **zsl.metrics(vals)})
 
+def _gradient_view(model, batch, delta, measured: np.ndarray, options: ZslOptions) -> tuple[np.ndarray, dict]:
+    pred = jvp_predictions(model, batch, delta).detach().numpy()
+    x = measured.ravel()
+    info = {"pred_corr": float(np.corrcoef(pred.ravel(), x)[0, 1]), "D_pred": zsl.metrics(pred)["D"],
+            "D_measured": zsl.metrics(x)["D"]}
+    n_ne = sum(p.numel() for p in trainable(model).values()) - model.get_input_embeddings().weight.numel()
+    if n_ne <= options.coordinate_max_params:
+        info.update(coordinate_interference(model, batch, delta, options.coordinate_tokens))
+    else:
+        info["coord_skipped"] = (f"{n_ne:,} non-embedding parameters exceed zsl.coordinate_max_params "
+                                 f"({options.coordinate_max_params:,}): per-token gradients would not fit in memory")
+    return pred, info
+
+
+def _change_rows(k: int, measured: dict, pred) -> pd.DataFrame:
+    frames = []
+    for split, (sids, dl) in measured.items():
+        example_id, position = losses.token_index(sids, dl.shape[1])
+        predicted = pred.ravel() if split == "heldout" and pred is not None else np.full(dl.size, np.nan)
+        frames.append(pd.DataFrame({"batch": np.int32(k), "split": split, "example_id": example_id, "position": position,
+                                    "delta": dl.ravel().astype(np.float32), "predicted": predicted.astype(np.float32)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _summarise(rows: list[dict], extra: list[dict], spec: RunSpec, step: int, lr: float, lr_note: str) -> pd.DataFrame:
     per_batch = pd.DataFrame(rows)
     agg = per_batch.groupby(["split", "granularity"], sort=False).agg(
         n=("D", "size"), **{m: (m, "mean") for m in zsl.METRICS}, **{f"{m}_std": (m, "std") for m in zsl.METRICS}
     ).reset_index()
-    size = spec.size.name
-    agg.insert(0, "run", spec.name)
-    agg.insert(1, "size", size)
-    agg.insert(2, "seed", spec.seed)
-    agg.insert(3, "step", step)
-    agg.insert(4, "step_next", step + 1)
-    agg.insert(5, "variant", "dt=1")
-    agg["spread"] = f"std over {k_batches} held-out batches"
+    for i, (col, value) in enumerate((("run", spec.name), ("size", spec.size.name), ("seed", spec.seed), ("step", step),
+                                      ("step_next", step + 1), ("variant", "dt=1"))):
+        agg.insert(i, col, value)
+    agg["spread"] = f"std over {len(extra)} held-out batches"
     agg = agg[zsl.COLUMNS]
     ex = pd.DataFrame(extra)
     for col in [c for c in ex.columns if c != "batch" and ex[c].dtype != object]:
@@ -216,8 +206,37 @@ def dt1_analysis(run_dir, step: int, data_dir, out, changes_root, gradient_view:
         agg["coord_skipped"] = ex["coord_skipped"].iloc[0]
     agg["lr"] = lr
     agg["lr_note"] = lr_note
-    zsl.write_table(agg, out)
-    table = pa.Table.from_pandas(pd.concat(changes, ignore_index=True), schema=losses.schema("changes"), preserve_index=False)
-    losses.write_partition(changes_root, "changes", spec.name, step, table)
     return agg
 
+
+def _fp32():
+    return torch.autocast("cpu", enabled=False)
+
+
+def dt1_analysis(run_dir, step: int, data_dir, out, changes, options: ZslOptions | None = None) -> pd.DataFrame:
+    """Delta t = 1 at checkpoint `step` of a run: the metrics table at `out`, the per-token changes
+    as the (run, step) partition of the dataset `changes`."""
+    options = options or ZslOptions.defaults()
+    ckpt = RunPaths(run_dir).checkpoint(step)
+    if not (ckpt / "optimizer.pt").exists():
+        raise CheckpointError(f"checkpoint {ckpt}: no optimizer state; list step {step} in zsl.dt1_steps before training")
+    data = TokenData.open(data_dir)
+    if data.manifest["heldout_batches"] == 0:
+        raise CheckpointError("data: no held-out batches (data.heldout_batches is 0); the one-step analysis needs them")
+    model0, _, spec, opt_state = load_for_step(ckpt)
+    lr, lr_note = step_lr(spec, step)
+    eval_before = per_token_losses(model0, np.asarray(data.split("eval")), options.batch_size, torch.device("cpu"), _fp32)
+    rows, changes_rows, extra = [], [], []
+    for k in range(data.manifest["heldout_batches"]):
+        measured, pred, info = _measure_batch(k, model0, opt_state, spec, data, eval_before, lr, options)
+        extra.append(info)
+        changes_rows.append(_change_rows(k, measured, pred))
+        for split, (_, dl) in measured.items():
+            for gran, vals in (("token", dl.ravel()), ("sequence", dl.mean(axis=1))):
+                rows.append({"batch": k, "split": split, "granularity": gran, **zsl.metrics(vals)})
+    agg = _summarise(rows, extra, spec, step, lr, lr_note)
+    zsl.write_table(agg, out)
+    table = pa.Table.from_pandas(pd.concat(changes_rows, ignore_index=True), schema=losses.schema("changes"),
+                                 preserve_index=False)
+    losses.write_partition(changes, spec.name, step, table)
+    return agg

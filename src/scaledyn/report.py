@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib
 
@@ -23,6 +22,8 @@ import pandas as pd  # noqa: E402
 from . import atomic, losses, zsl  # noqa: E402
 from .curve import log_moving_average  # noqa: E402
 from .fit import BrokenPowerLawFit  # noqa: E402
+from .layout import Layout, LossesPaths, ReportPaths, RunPaths  # noqa: E402
+from .options import ReportOptions  # noqa: E402
 from .trends import ScalingTrend, per_size_table, read_trends, summary_text  # noqa: E402
 
 FIGURES = ("loss_curves", "scaling_trends", "zsl_dtt", "zsl_dt1", "d_vs_m", "loss_change_hist")
@@ -50,13 +51,19 @@ class StudyResults:
     zsl: pd.DataFrame
 
     @classmethod
-    def read(cls, results: Path, runs: list[str], trends: Path, zsl_table: Path) -> "StudyResults":
-        meta = {r: json.loads((results / "runs" / r / "run.json").read_text()) for r in runs}
-        order = sorted(runs, key=lambda r: (meta[r]["non_embedding_params"], meta[r]["seed"], r))
-        return cls(order, meta,
-                   {r: BrokenPowerLawFit.read(results / "fits" / f"{r}.json") for r in order},
-                   {r: pd.read_csv(results / "runs" / r / "train_log.csv") for r in order},
-                   read_trends(trends), pd.read_parquet(zsl_table))
+    def read(cls, run_dirs, fit_paths, trends, zsl_table) -> "StudyResults":
+        """From the runs' directories and their fit files (same order), trends.json and zsl.parquet."""
+        paths = [RunPaths(d) for d in run_dirs]
+        meta = {p.name: json.loads(p.run_json.read_text()) for p in paths}
+        fits = {p.name: BrokenPowerLawFit.read(f) for p, f in zip(paths, fit_paths)}
+        curves = {p.name: pd.read_csv(p.train_log) for p in paths}
+        order = sorted(meta, key=lambda r: (meta[r]["non_embedding_params"], meta[r]["seed"], r))
+        return cls(order, meta, fits, curves, read_trends(trends), pd.read_parquet(zsl_table))
+
+    @classmethod
+    def of_study(cls, layout: Layout, runs: list[str]) -> "StudyResults":
+        return cls.read([layout.run(r).dir for r in runs], [layout.fit(r) for r in runs], layout.fit_trends,
+                        layout.zsl_table)
 
     @property
     def sizes(self) -> pd.DataFrame:
@@ -250,9 +257,9 @@ def summary_markdown(res: StudyResults) -> str:
 # ----------------------------------------------------------------------------- assembling
 
 
-def _save(fig, out: Path, name: str) -> None:
+def _save(fig, out: ReportPaths, name: str) -> None:
     for ext in ("png", "pdf"):
-        with atomic.atomic_path(out / f"{name}.{ext}") as tmp:
+        with atomic.atomic_path(out.figure(name, ext)) as tmp:
             fig.savefig(tmp, format=ext, dpi=130)
     plt.close(fig)
 
@@ -268,10 +275,10 @@ def _hist_step(steps: list[int], t_d: float | None, requested: list[int]) -> int
     return min(pairs, key=lambda t: abs(math.log(t) - target))
 
 
-def loss_changes(res: StudyResults, losses_root: Path, requested: list[int]) -> dict[str, tuple[int, np.ndarray]]:
+def loss_changes(res: StudyResults, losses_root, requested: list[int]) -> dict[str, tuple[int, np.ndarray]]:
     out = {}
     for r in res.runs:
-        steps = sorted(int(p.name[5:]) for p in (losses_root / "tokens" / f"run={r}").glob("step=*"))
+        steps = sorted(int(p.name[5:]) for p in (LossesPaths(losses_root).dataset("tokens") / f"run={r}").glob("step=*"))
         t = _hist_step(steps, res.t_d(r), requested)
         if t is not None:
             tok = losses.load(losses_root, "tokens", runs=[r], steps=[t, 2 * t], splits=["eval"])
@@ -280,22 +287,23 @@ def loss_changes(res: StudyResults, losses_root: Path, requested: list[int]) -> 
     return out
 
 
-def build_report(results, runs: list[str], out, histogram_steps: list[int] = ()) -> dict:
-    results, out = Path(results), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    res = StudyResults.read(results, runs, results / "fits" / "trends.json", results / "zsl" / "zsl.parquet")
+def build_report(run_dirs, fit_paths, trends, zsl_table, losses_root, out, options: ReportOptions | None = None) -> dict:
+    """Figures (PNG + PDF), the fit table (CSV, Markdown, LaTeX) and summary.md into `out`."""
+    options = options or ReportOptions.defaults()
+    res = StudyResults.read(run_dirs, fit_paths, trends, zsl_table)
+    out = ReportPaths(out)
+    out.dir.mkdir(parents=True, exist_ok=True)
     _save(fig_loss_curves(res), out, "loss_curves")
     _save(fig_scaling(res), out, "scaling_trends")
     _save(fig_zsl(res, "dt=t"), out, "zsl_dtt")
     _save(fig_zsl(res, "dt=1"), out, "zsl_dt1")
     _save(fig_d_vs_m(res), out, "d_vs_m")
-    _save(fig_histograms(res, loss_changes(res, results / "losses", list(histogram_steps))), out, "loss_change_hist")
-
+    _save(fig_histograms(res, loss_changes(res, losses_root, list(options.histogram_steps))), out, "loss_change_hist")
     ft = fit_table(res.sizes)
-    with atomic.atomic_path(out / "fits.csv") as tmp:
+    with atomic.atomic_path(out.table("csv")) as tmp:
         res.sizes.to_csv(tmp, index=False)
-    atomic.write_text(out / "fits.md", ft.to_markdown(index=False) + "\n")
-    atomic.write_text(out / "fits.tex", ft.to_latex(index=False))
+    atomic.write_text(out.table("md"), ft.to_markdown(index=False) + "\n")
+    atomic.write_text(out.table("tex"), ft.to_latex(index=False))
     summary = summary_markdown(res)
-    atomic.write_text(out / "summary.md", summary)
+    atomic.write_text(out.summary, summary)
     return {"summary": summary}

@@ -1,4 +1,4 @@
-"""Train one run (size, seed): the loop reads top to bottom.
+"""Train one run (size, seed): set up, resume, then one loop that reads top to bottom.
 
 Launched as one process on a CPU, or by `accelerate launch` across GPUs and nodes; accelerate's
 Accelerator picks the setting up from the environment. The data order is a function of the step
@@ -9,32 +9,28 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
-import json
 import signal
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import atomic, checkpoint
-from .config import RunSpec
 from .data import TokenData
 from .errors import CheckpointError, DataError
+from .hashing import sha256
 from .launch import accelerator
+from .layout import DataPaths, RunPaths
 from .model import build_model, param_counts
-from .schedule import depends_on_total, lr_factor
+from .optim import lr_at, make_optimizer, set_lr
+from .options import RunSpec
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: the job saved a resume checkpoint and wants to be retried
 LOG_FIELDS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"]
-# Spec fields that may change between a checkpoint and its resumption without changing the run.
-RESUMABLE_CHANGES = {"steps", "checkpoint_steps", "optimizer_steps", "flush_every", "threads", "compile", "run_dir", "data_dir"}
 
 
 class BatchOrder:
@@ -55,11 +51,32 @@ class BatchOrder:
         return np.array([self._permutation(p // self.n)[p % self.n] for p in pos])
 
 
+class Batches:
+    """This process' share of the global batch for a step, as micro-batches."""
+
+    def __init__(self, spec: RunSpec, data: TokenData, rank: int, world: int, device):
+        if spec.batch_size % world:
+            raise DataError(f"train.batch_size {spec.batch_size} is not divisible by the {world} processes")
+        per_rank = spec.batch_size // world
+        self.micro = min(spec.micro_batch_size or per_rank, per_rank)
+        if per_rank % self.micro:
+            raise DataError(f"train.micro_batch_size {self.micro} does not divide the per-process batch {per_rank}")
+        self.tokens, self.device = data.split("train"), device
+        self.order = BatchOrder(len(self.tokens), spec.batch_size, spec.data_seed)
+        self.mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        self.accum = per_rank // self.micro
+
+    def __call__(self, step: int) -> list[torch.Tensor]:
+        rows = self.order.rows(step)[self.mine]
+        batch = torch.from_numpy(np.asarray(self.tokens[rows], dtype=np.int64)).to(self.device)
+        return [batch[i * self.micro : (i + 1) * self.micro] for i in range(self.accum)]
+
+
 class TrainLog:
     """CSV training log that survives crashes: buffered, flushed every few steps and at every
     checkpoint, truncated back to the resumed step so no step appears twice."""
 
-    def __init__(self, path: Path, resume_step: int):
+    def __init__(self, path, resume_step: int):
         self.path, self.buffer = path, []
         rows = []
         if path.exists() and resume_step > 0:
@@ -94,193 +111,117 @@ class StopFlag:
         self.requested = True
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on the (tied) embedding, and norms are frozen anyway."""
-    emb = model.get_input_embeddings().weight
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p is emb or p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def resume(ckpt: checkpoint.Checkpointer, model, optimizer) -> int:
+    """Restore the newest intact checkpoint; the step it was taken at (0 for a fresh run).
+    Damaged checkpoints are skipped with a warning; one from another run spec stops the run."""
+    for path in ckpt.resumable():
+        try:
+            return ckpt.restore(path, model, optimizer)
+        except checkpoint.SpecMismatch:
+            raise
+        except CheckpointError as e:
+            checkpoint.warn_skip(path, e)
+    return 0
 
 
-def make_optimizer(model: torch.nn.Module, spec: RunSpec):
-    """AdamW and its schedule; the one-step analysis rebuilds them the same way."""
-    o = spec.optimizer
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=spec.lr, betas=o.betas, eps=o.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_factor(spec.schedule, t, spec.steps))
-    return optimizer, scheduler
-
-
-def _check_compatible(spec: RunSpec, state: dict, path: Path) -> None:
-    old, new = state["spec"], json_norm(asdict(spec))
-    changed = [k for k in new if k not in RESUMABLE_CHANGES and new[k] != old.get(k)]
-    if old["steps"] != spec.steps and depends_on_total(spec.schedule):
-        changed.append("steps (the schedule depends on the total)")
-    if changed:
-        raise CheckpointError(
-            f"checkpoint {path} was made by a different run spec (changed: {', '.join(changed)}); "
-            f"delete {spec.run_dir} to start this run afresh"
-        )
-
-
-def json_norm(v):
-    """Tuples become lists, as they are in a checkpoint's JSON."""
-    return json.loads(json.dumps(v))
+def finish_run(spec: RunSpec, paths: RunPaths, counts: dict, vocab: int, world: int, bf16: bool) -> dict:
+    """The complete log beside run.json, the workflow's markers, and run.json itself."""
+    checkpoint.Checkpointer(spec, counts).mark_all()
+    atomic.write_text(paths.train_log, paths.live_log.read_text())
+    result = {"run": spec.name, "size": spec.size.name, "seed": spec.seed, **counts, "vocab_size": vocab, "d_model": spec.size.d_model,
+              "n_layers": spec.size.n_layers, "n_heads": spec.size.n_heads, "steps": spec.steps,
+              "tokens_per_step": spec.batch_size * spec.seq_len, "processes": world, "precision": "bf16" if bf16 else "fp32",
+              "data_manifest_sha256": sha256(DataPaths(spec.data_dir).manifest),
+              "spec": checkpoint.json_norm(asdict(spec))}
+    atomic.write_json(paths.run_json, result)
+    return result
 
 
 def train(spec: RunSpec) -> dict:
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    use_bf16 = spec.precision == "bf16" or (spec.precision == "auto" and torch.cuda.is_available())
-    acc = accelerator(use_bf16)
-    run_dir = Path(spec.run_dir)
-    state_dir = run_dir / "state"
-    state_dir.mkdir(parents=True, exist_ok=True)
-
-    # ---- data: checked before anything is built
-    data = TokenData.open(spec.data_dir)
-    vocab = data.model_vocab_size
-    data.check_for_model(vocab, spec.size.context, spec.seq_len)
-    tokens = data.split("train")
-    world = acc.num_processes
-    if spec.batch_size % world:
-        raise DataError(f"train.batch_size {spec.batch_size} is not divisible by the {world} processes")
-    per_rank = spec.batch_size // world
-    micro = min(spec.micro_batch_size or per_rank, per_rank)
-    if per_rank % micro:
-        raise DataError(f"train.micro_batch_size {micro} does not divide the per-process batch {per_rank}")
-    accum = per_rank // micro
-    order = BatchOrder(len(tokens), spec.batch_size, spec.data_seed)
-
-    # ---- model, optimizer, schedule; then the newest intact checkpoint, if any
-    model = build_model(spec.size, vocab, spec.seed, data.manifest["tokenizer"]["eos_token_id"])
+    bf16 = spec.precision == "bf16" or (spec.precision == "auto" and torch.cuda.is_available())
+    acc, paths = accelerator(bf16), RunPaths(spec.run_dir)
+    paths.state.mkdir(parents=True, exist_ok=True)
+    data = TokenData.open(spec.data_dir)  # checked before anything is built
+    data.check_for_model(data.model_vocab_size, spec.size.context, spec.seq_len)
+    batches = Batches(spec, data, acc.process_index, acc.num_processes, acc.device)
+    model = build_model(spec.size, data.model_vocab_size, spec.seed, data.manifest["tokenizer"]["eos_token_id"])
     counts = param_counts(model)
-    optimizer, scheduler = make_optimizer(model, spec)
-    start = 0
-    for path in checkpoint.resumable(run_dir):
-        try:
-            state, opt_state, rng = checkpoint.load_training_state(path)
-            _check_compatible(spec, state, path)
-            try:
-                weights = load_file(path / "model.safetensors")
-            except Exception as e:
-                raise CheckpointError(f"checkpoint {path}: model.safetensors is unreadable ({e})") from None
-            model.load_state_dict(weights, strict=False)
-            optimizer.load_state_dict(opt_state["optimizer"])
-            scheduler.load_state_dict(opt_state["scheduler"])
-            checkpoint.restore_rng(rng)
-            start = state["step"]
-            if acc.is_main_process:
-                print(f"{spec.name}: resuming from checkpoint {path} at step {start}", file=sys.stderr)
-            break
-        except CheckpointError as e:
-            if "different run spec" in str(e):
-                raise
-            checkpoint.warn_skip(path, e)
+    optimizer = make_optimizer(model, spec)
+    ckpt = checkpoint.Checkpointer(spec, counts)
+    start = resume(ckpt, model, optimizer)
+    if start and acc.is_main_process:
+        print(f"{spec.name}: resuming from checkpoint {paths.checkpoint(start)} at step {start}", file=sys.stderr)
     model.tie_weights()
-    if spec.compile:
-        model = torch.compile(model)
-    model, optimizer = acc.prepare(model, optimizer)
-
-    log = TrainLog(state_dir / "train_log.csv", start) if acc.is_main_process else None
-    stop = StopFlag()
-    scheduled = set(spec.checkpoint_steps)
-    tokens_per_step = spec.batch_size * spec.seq_len
-    rank_rows = slice(acc.process_index * per_rank, (acc.process_index + 1) * per_rank)
-
-    def save(step: int, kind: str) -> None:
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            log.flush()
-            state = {
-                "step": step,
-                "tokens_seen": step * tokens_per_step,
-                "kind": kind,
-                "run": spec.name,
-                "spec": json_norm(asdict(spec)),
-                **counts,
-            }
-            checkpoint.save(run_dir, step, acc.unwrap_model(model), optimizer, scheduler, state)
-            if step in scheduled:
-                checkpoint.write_marker(run_dir, step)
-            checkpoint.prune(run_dir, step, scheduled, spec.keeps_optimizer)
-        acc.wait_for_everyone()
-
+    model, optimizer = acc.prepare(torch.compile(model) if spec.compile else model, optimizer)
+    log = TrainLog(paths.live_log, start) if acc.is_main_process else None
+    stop, tokens_per_step = StopFlag(), spec.batch_size * spec.seq_len
+    save = lambda step, kind: save_everywhere(acc, ckpt, log, model, optimizer, step, kind)  # noqa: E731
     model.train()
     bar = tqdm(range(start + 1, spec.steps + 1), initial=start, total=spec.steps, desc=spec.name,
                disable=not acc.is_main_process, mininterval=1.0)
     t_last = time.perf_counter()
     for step in bar:
-        batch = torch.from_numpy(np.asarray(tokens[order.rows(step)[rank_rows]], dtype=np.int64)).to(acc.device)
-        loss_sum = torch.zeros((), device=acc.device)
-        for i in range(accum):
-            x = batch[i * micro : (i + 1) * micro]
-            sync = acc.no_sync(model) if i < accum - 1 else contextlib.nullcontext()
-            with sync, acc.autocast():
-                loss = model(input_ids=x, labels=x).loss / accum
-                acc.backward(loss)
-            loss_sum += loss.detach()
-        lr = scheduler.get_last_lr()[0]
-        grad_norm = acc.clip_grad_norm_(model.parameters(), spec.grad_clip or float("inf"))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_val = acc.reduce(loss_sum, "mean").item() if world > 1 else loss_sum.item()
-
+        # determine and set the learning rate for this update
+        lr = set_lr(optimizer, lr_at(spec, step))
+        # forward, backward, update
+        loss, grad_norm = update(acc, model, optimizer, batches(step), spec.grad_clip)
+        # logging
         now = time.perf_counter()
-        tps = tokens_per_step / max(now - t_last, 1e-9)
-        t_last = now
+        tps, t_last = tokens_per_step / max(now - t_last, 1e-9), now
         if acc.is_main_process:
-            log.append({"step": step, "tokens": step * tokens_per_step, "loss": f"{loss_val:.6f}", "lr": f"{lr:.6g}",
-                        "grad_norm": f"{float(grad_norm):.6g}", "tokens_per_s": f"{tps:.1f}"})
+            log.append({"step": step, "tokens": step * tokens_per_step, "loss": f"{loss:.6f}", "lr": f"{lr:.6g}",
+                        "grad_norm": f"{grad_norm:.6g}", "tokens_per_s": f"{tps:.1f}"})
             if step % spec.flush_every == 0:
                 log.flush()
-            bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-
-        stop_now = stop.requested
-        if world > 1:
-            flag = torch.tensor(float(stop_now), device=acc.device)
-            stop_now = acc.reduce(flag, "sum").item() > 0
-        if step in scheduled:
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+        # checkpointing and termination (pre-emption: save, exit 75, be retried)
+        if step in ckpt.scheduled:
             save(step, "final" if step == spec.steps else "scheduled")
-        if stop_now and step < spec.steps:
-            if step not in scheduled:
+        if _any_rank(acc, stop.requested) and step < spec.steps:
+            if step not in ckpt.scheduled:
                 save(step, "resume")
             bar.close()
             if acc.is_main_process:
-                print(f"{spec.name}: stop requested; saved step {step}, exiting {PREEMPTED_EXIT} to be retried",
-                      file=sys.stderr)
+                print(f"{spec.name}: stop requested; saved step {step}, exiting {PREEMPTED_EXIT} to be retried", file=sys.stderr)
             sys.exit(PREEMPTED_EXIT)
     bar.close()
-
     result = {}
     if acc.is_main_process:
         log.flush()
-        for s in spec.checkpoint_steps:  # markers of checkpoints made before a restart, too
-            if (checkpoint.directory(run_dir, s) / checkpoint.COMPLETE).exists():
-                checkpoint.write_marker(run_dir, s)
-        atomic.write_text(run_dir / "train_log.csv", (state_dir / "train_log.csv").read_text())
-        result = {
-            "run": spec.name,
-            "size": spec.size.name,
-            "seed": spec.seed,
-            **counts,
-            "d_model": spec.size.d_model,
-            "n_layers": spec.size.n_layers,
-            "n_heads": spec.size.n_heads,
-            "vocab_size": vocab,
-            "steps": spec.steps,
-            "tokens_per_step": tokens_per_step,
-            "processes": world,
-            "precision": "bf16" if use_bf16 else "fp32",
-            "data_manifest_sha256": _manifest_hash(Path(spec.data_dir)),
-            "spec": json_norm(asdict(spec)),
-        }
-        atomic.write_json(run_dir / "run.json", result)
+        result = finish_run(spec, paths, counts, data.model_vocab_size, acc.num_processes, bf16)
     acc.wait_for_everyone()
     return result
 
 
-def _manifest_hash(data_dir: Path) -> str:
-    return hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest()
+def save_everywhere(acc, ckpt, log, model, optimizer, step: int, kind: str) -> None:
+    """All processes reach the step; the main one flushes the log and writes the checkpoint."""
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        log.flush()
+        ckpt.save(step, kind, acc.unwrap_model(model), optimizer)
+    acc.wait_for_everyone()
+
+
+def update(acc, model, optimizer, micro: list[torch.Tensor], grad_clip: float | None) -> tuple[float, float]:
+    """One optimizer update over micro-batches (gradients accumulated, synced on the last one);
+    returns the batch's mean loss over all processes and the gradient norm before clipping."""
+    loss_sum = torch.zeros((), device=acc.device)
+    for i, x in enumerate(micro):
+        with acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext(), acc.autocast():
+            loss = model(input_ids=x, labels=x).loss / len(micro)
+            acc.backward(loss)
+        loss_sum += loss.detach()
+    grad_norm = acc.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss_val = acc.reduce(loss_sum, "mean").item() if acc.num_processes > 1 else loss_sum.item()
+    return loss_val, float(grad_norm)
+
+
+def _any_rank(acc, flag: bool) -> bool:
+    """Whether any process was asked to stop, so that all of them stop at the same step."""
+    if acc.num_processes == 1:
+        return flag
+    return acc.reduce(torch.tensor(float(flag), device=acc.device), "sum").item() > 0

@@ -17,6 +17,8 @@ from . import atomic, losses
 
 METRICS = ("D", "M", "dL")
 FOLDS = 5
+COLUMNS = ["run", "size", "seed", "step", "step_next", "variant", "split", "granularity", "n",
+           "D", "M", "dL", "D_std", "M_std", "dL_std", "spread"]
 
 
 def metrics(x) -> dict[str, float]:
@@ -62,10 +64,6 @@ def dtt_table(losses_root, run: str, out) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
     write_table(df, out)
     return df
-
-
-COLUMNS = ["run", "size", "seed", "step", "step_next", "variant", "split", "granularity", "n",
-           "D", "M", "dL", "D_std", "M_std", "dL_std", "spread"]
 
 
 def write_table(df: pd.DataFrame, out) -> None:

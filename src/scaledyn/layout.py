@@ -1,0 +1,125 @@
+"""Every path of a study's results, in one place: the rules, the stages, the report and the tests
+ask here and assemble no path of their own.
+
+    <results>/data/            manifest.json, tokenizer/, token arrays          (DataPaths)
+    <results>/runs/<run>/      run.json, train_log.csv, checkpoints/, state/    (RunPaths)
+    <results>/losses/          sequences/ and tokens/: hive-partitioned Parquet (run=, step=);
+                               runs.parquet (one row per run), schema.json (every column)
+    <results>/zsl/             zsl.parquet (all metrics), dtt/, dt1/, changes/ (hive, like losses)
+    <results>/fits/            <run>.json, sizes.csv, trends.json, scaling.txt
+    <results>/report/          figures, tables, summary
+    <results>/logs/            one log per job
+
+Methods take wildcard strings too, so a rule writes `L.fit("{run}")`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+GRANULARITIES = ("sequences", "tokens")
+
+
+def partition(root: str | Path, run: str, step: int | str) -> Path:
+    """The one file of a hive-partitioned dataset for (run, step)."""
+    return Path(root) / f"run={run}" / f"step={step}" / "part-0.parquet"
+
+
+class LossesPaths:
+    """A per-example loss dataset: one hive-partitioned Parquet dataset per granularity."""
+
+    def __init__(self, root: str | Path):
+        self.dir = Path(root)
+        self.run_table = self.dir / "runs.parquet"
+        self.schema_doc = self.dir / "schema.json"
+
+    def dataset(self, granularity: str) -> Path:
+        return self.dir / granularity
+
+    def partition(self, granularity: str, run: str, step: int | str) -> Path:
+        return partition(self.dataset(granularity), run, step)
+
+
+class ReportPaths:
+    def __init__(self, root: str | Path):
+        self.dir = Path(root)
+        self.summary = self.dir / "summary.md"
+
+    def figure(self, name: str, ext: str = "png") -> Path:
+        return self.dir / f"{name}.{ext}"
+
+    def table(self, ext: str) -> Path:
+        return self.dir / f"fits.{ext}"
+
+
+class DataPaths:
+    def __init__(self, root: str | Path):
+        self.dir = Path(root)
+        self.manifest = self.dir / "manifest.json"
+        self.tokenizer = self.dir / "tokenizer"
+        self.tokenizer_json = self.tokenizer / "tokenizer.json"
+
+    def split(self, name: str) -> Path:
+        return self.dir / f"{name}.npy"
+
+
+class RunPaths:
+    """A training run's directory: what the trainer writes and the workflow's markers."""
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.name = self.dir.name
+        self.run_json = self.dir / "run.json"
+        self.train_log = self.dir / "train_log.csv"  # complete log, written when training finishes
+        self.state = self.dir / "state"
+        self.live_log = self.state / "train_log.csv"  # appended while training
+        self.checkpoints = self.dir / "checkpoints"
+
+    def checkpoint(self, step: int | str) -> Path:
+        return self.checkpoints / f"step_{step}"
+
+    def marker(self, step: int | str) -> Path:
+        """The workflow's output for checkpoint `step`; outside the checkpoint, so that Snakemake,
+        which deletes a failed job's outputs, never deletes what a retry resumes from."""
+        return self.checkpoints / f"step_{step}.json"
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the checkpoint directories present (complete or not), ascending."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(int(d.name[5:]) for d in self.checkpoints.glob("step_*") if d.is_dir() and d.name[5:].isdigit())
+
+
+class Layout:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.data = DataPaths(self.root / "data")
+        self.losses = LossesPaths(self.root / "losses")
+        self.zsl = self.root / "zsl"
+        self.zsl_table = self.zsl / "zsl.parquet"
+        self.changes = self.zsl / "changes"
+        self.fits = self.root / "fits"
+        self.fit_sizes = self.fits / "sizes.csv"
+        self.fit_trends = self.fits / "trends.json"
+        self.fit_summary = self.fits / "scaling.txt"
+        self.report = ReportPaths(self.root / "report")
+        self.logs = self.root / "logs"
+
+    def run(self, run: str) -> RunPaths:
+        return RunPaths(self.root / "runs" / run)
+
+    def change_partition(self, run: str, step: int | str) -> Path:
+        return partition(self.changes, run, step)
+
+    def fit(self, run: str) -> Path:
+        return self.fits / f"{run}.json"
+
+    def zsl_dtt(self, run: str) -> Path:
+        return self.zsl / "dtt" / f"{run}.parquet"
+
+    def zsl_dt1(self, run: str, step: int | str) -> Path:
+        return self.zsl / "dt1" / run / f"step_{step}.parquet"
+
+    def log(self, *parts: str) -> Path:
+        """logs/<parts...>.log, e.g. log("train", "{run}")."""
+        return self.logs.joinpath(*parts[:-1], f"{parts[-1]}.log")
