@@ -23,7 +23,7 @@ rule evaluate:
     log:
         L.log("evaluate", "{run}", "step_{step}"),
     shell:
-        "scaledyn evaluate --run-dir {params.run_dir:q} --step {wildcards.step} --data {params.data:q}"
+        "scaledyn evaluate --run-dir {params.run_dir:q} --step {wildcards.step:q} --data {params.data:q}"
         " --out {params.losses:q} --study {params.study:q} --force --options {params.options:q} > {log:q} 2>&1"
 
 

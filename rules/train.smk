@@ -25,4 +25,4 @@ rule train:
     log:
         L.log("train", "{run}"),
     shell:
-        "scaledyn launch --gpus {resources.gpu} --nodes {resources.nodes} -- train --spec {params.spec:q} > {log:q} 2>&1"
+        "scaledyn launch --gpus {resources.gpu:q} --nodes {resources.nodes:q} -- train --spec {params.spec:q} > {log:q} 2>&1"

@@ -15,7 +15,7 @@ rule zsl_dtt:
     log:
         L.log("zsl", "dtt_{run}"),
     shell:
-        "scaledyn zsl-dtt --losses {params.losses:q} --run {wildcards.run} --out {output:q} > {log:q} 2>&1"
+        "scaledyn zsl-dtt --losses {params.losses:q} --run {wildcards.run:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule zsl_dt1:
@@ -38,7 +38,7 @@ rule zsl_dt1:
     log:
         L.log("zsl", "dt1_{run}_{step}"),
     shell:
-        "scaledyn zsl-dt1 --run-dir {params.run_dir:q} --step {wildcards.step} --data {params.data:q}"
+        "scaledyn zsl-dt1 --run-dir {params.run_dir:q} --step {wildcards.step:q} --data {params.data:q}"
         " --out {output.table:q} --changes {params.changes:q} --options {params.options:q} > {log:q} 2>&1"
 
 

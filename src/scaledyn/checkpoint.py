@@ -3,7 +3,11 @@
     runs/<run>/checkpoints/step_<t>/        written to a temporary directory, then renamed
         config.json, model.safetensors      save_pretrained: opens with AutoModelForCausalLM
         optimizer.pt                        optimizer state (may be pruned, see Checkpointer.prune)
-        rng.pt                              RNG states of the saving process
+        rng.pt                              RNG states of the saving process, as tensors and numbers
+
+Nothing in a checkpoint is unpickled: every torch.load uses weights_only=True, which accepts only
+tensors and plain containers. Checkpoints written before RNG states were stored as tensors hold a
+numpy array; reading them allows numpy's array reconstruction and nothing else.
         trainer_state.json                  step, tokens seen, kind, run spec, parameter counts
         COMPLETE                            written last: a directory without it is ignored
     runs/<run>/checkpoints/step_<t>.json    the workflow's marker for checkpoint t (a copy of
@@ -16,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from . import atomic
-from .errors import CheckpointError
+from .errors import CheckpointError, WriteError
 from .layout import RunPaths
 from .optim import depends_on_total
 from .options import RunSpec
@@ -45,11 +50,18 @@ def complete_steps(paths: RunPaths) -> list[int]:
     return [s for s in paths.checkpoint_steps() if is_complete(paths.checkpoint(s))]
 
 
+STATE_KEYS = ("step", "tokens_seen", "run", "spec")
+
+
 def read_state(path: Path) -> dict:
     try:
-        return json.loads((path / "trainer_state.json").read_text())
+        state = json.loads((path / "trainer_state.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint {path}: trainer_state.json is unreadable ({e})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: trainer_state.json lacks {', '.join(missing)}")
+    return state
 
 
 def json_norm(v):
@@ -57,15 +69,52 @@ def json_norm(v):
     return json.loads(json.dumps(v))
 
 
+def _numpy_arrays():
+    from numpy._core.multiarray import _reconstruct
+
+    return [_reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
+def _load(file: Path):
+    """torch.load without pickle: tensors and plain containers only (and plain numpy arrays, which
+    RNG states of older checkpoints hold)."""
+    try:
+        with torch.serialization.safe_globals(_numpy_arrays()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's own notes on pickle protocols: the refusal says it all
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for anything else, RuntimeError/EOFError when damaged
+        reason = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(f"checkpoint {file.parent}: {file.name} is unreadable or not plain tensor data "
+                              f"(refused: {reason})") from None
+
+
 def load_training_state(path: Path) -> tuple[dict, dict, dict]:
     """(trainer state, optimizer state, rng payload); raises CheckpointError if damaged."""
     state = read_state(path)
-    try:
-        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
-        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
-    except Exception as e:  # torch raises RuntimeError, EOFError, pickle errors on damaged files
-        raise CheckpointError(f"checkpoint {path}: optimizer or RNG state is unreadable ({e})") from None
+    opt, rng = _load(path / "optimizer.pt"), _load(path / "rng.pt")
+    if not isinstance(opt, dict) or not isinstance(opt.get("optimizer"), dict) or not isinstance(rng, dict):
+        raise CheckpointError(f"checkpoint {path}: optimizer.pt or rng.pt does not hold a training state")
     return state, opt["optimizer"], rng
+
+
+def rng_state() -> dict:
+    """The process' RNG states as tensors and numbers (no pickled objects)."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss],
+            "numpy": {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+                      "cached_gaussian": cached}}
+
+
+def set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    n = rng["numpy"]
+    if isinstance(n, dict):
+        np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    else:  # older checkpoints: numpy's own state tuple
+        np.random.set_state(n)
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def check_compatible(spec: RunSpec, state: dict, path: Path) -> None:
@@ -95,13 +144,18 @@ class Checkpointer:
         state = {"step": step, "tokens_seen": step * self.spec.batch_size * self.spec.seq_len, "kind": kind,
                  "run": self.spec.name, "spec": json_norm(asdict(self.spec)), **self.counts}
         path = self.paths.checkpoint(step)
-        with atomic.atomic_dir(path) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
-            torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                       tmp / "rng.pt")
-            atomic.write_json(tmp / "trainer_state.json", state)
-            (tmp / COMPLETE).write_text("")
+        try:
+            with atomic.atomic_dir(path) as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
+                torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
+                torch.save(rng_state(), tmp / "rng.pt")
+                atomic.write_json(tmp / "trainer_state.json", state)
+                (tmp / COMPLETE).write_text("")
+        except Exception as e:  # torch reports a full disk as RuntimeError("unexpected pos"), safetensors as its own
+            full = shutil.disk_usage(self.paths.checkpoints).free < 1 << 20
+            reason = "No space left on device" if full else (getattr(e, "strerror", None) or
+                                                             f"{type(e).__name__}: {str(e).splitlines()[0]}")
+            raise WriteError(f"cannot write checkpoint {path}: {reason}") from None
         if step in self.scheduled:
             self.mark(step)
         self.prune(step)
@@ -132,6 +186,12 @@ class Checkpointer:
             elif not self.spec.keeps_optimizer(s) and (path / "optimizer.pt").exists():
                 (path / "optimizer.pt").unlink()
 
+    def remove_stale(self) -> None:
+        """Temporary checkpoint directories a killed save left behind (full model and optimizer
+        state: gigabytes at paper sizes). Only the run's lock holder may call this."""
+        for p in atomic.remove_stale(self.paths.checkpoints, ".step_"):
+            print(f"{self.spec.name}: removed the unfinished checkpoint {p}", file=sys.stderr)
+
     def resumable(self) -> list[Path]:
         """Complete checkpoints that still hold optimizer state, newest first."""
         return [self.paths.checkpoint(s) for s in reversed(complete_steps(self.paths))
@@ -146,9 +206,12 @@ class Checkpointer:
             weights = load_file(path / "model.safetensors")
         except Exception as e:
             raise CheckpointError(f"checkpoint {path}: model.safetensors is unreadable ({e})") from None
-        model.load_state_dict(weights, strict=False)
-        optimizer.load_state_dict(opt_state)
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        if not all(torch.isfinite(w).all() for w in weights.values()):
+            raise CheckpointError(f"checkpoint {path}: model.safetensors holds non-finite weights")
+        try:
+            model.load_state_dict(weights, strict=False)
+            optimizer.load_state_dict(opt_state)
+            set_rng_state(rng)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"checkpoint {path}: its state does not fit this run ({type(e).__name__}: {e})") from None
         return state["step"]

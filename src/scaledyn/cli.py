@@ -260,7 +260,11 @@ def main(argv=None) -> None:
     try:
         args.fn(args)
     except ScaledynError as e:
-        sys.exit(f"scaledyn {args.cmd}: error: {e}")
+        print(f"scaledyn {args.cmd}: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except OSError as e:  # a full disk, a read-only or missing directory: the path and the OS's reason
+        where = f"{e.filename}: " if e.filename else ""
+        sys.exit(f"scaledyn {args.cmd}: error: {where}{e.strerror or e}")
 
 
 if __name__ == "__main__":

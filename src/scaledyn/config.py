@@ -8,6 +8,7 @@ key path.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,18 @@ class Study:
         )
 
 
+def _check_finite(node, where: str = "") -> None:
+    """YAML's .inf and .nan pass a JSON schema's type and range checks; no rate or factor may be either."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"config: {where}: {node} is not a finite number")
+
+
 def _check_data(data: dict) -> None:
     if data["source"] == "files" and not data["files"]["paths"]:
         raise ConfigError("config: data.files.paths: source 'files' needs at least one path or glob")
@@ -179,6 +192,7 @@ def load_study(source: str | Path | dict, overrides: dict | None = None) -> Stud
             raise ConfigError(f"config: {path} is not valid YAML: {e}") from None
     if overrides:
         raw = _merge(raw, overrides)
+    _check_finite(raw)
     cfg = validate_schema(raw)
     _check_data(cfg["data"])
     study = Study(cfg, _resolve_sizes(cfg))

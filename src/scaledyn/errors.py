@@ -5,7 +5,9 @@ Kept free of heavy imports so the CLI can catch them without loading torch or sc
 
 
 class ScaledynError(ValueError):
-    """Base: the CLI prints the message and exits non-zero, without a traceback."""
+    """Base: the CLI prints the message and exits with `exit_code`, without a traceback."""
+
+    exit_code = 1
 
 
 class ConfigError(ScaledynError):
@@ -26,3 +28,17 @@ class CurveError(ScaledynError):
 
 class SchemaMismatch(ScaledynError):
     """Rows whose schema differs from the dataset they would join."""
+
+
+class RunLocked(ScaledynError):
+    """Another process is training the same run."""
+
+
+class Diverged(ScaledynError):
+    """Training produced a non-finite loss or gradient; the last good checkpoint is kept."""
+
+    exit_code = 65  # EX_DATAERR: distinct from 75 (pre-empted, retry) and 1 (any other error)
+
+
+class WriteError(ScaledynError):
+    """An output that cannot be written (full disk, read-only or missing directory)."""

@@ -69,6 +69,9 @@ def evaluate_checkpoint(run_dir, step: int, data_dir, out, options: EvaluateOpti
     if not force and all(out.partition(g, run, step).exists() for g in GRANULARITIES):
         return False
     acc = accelerator(bf16=torch.cuda.is_available())
+    if acc.is_main_process:
+        for g in GRANULARITIES:
+            losses.check_writable(out.dataset(g))
     model = load_model(ckpt).to(acc.device).eval()
     data = TokenData.open(data_dir)
     splits = {"eval": (data.split("eval"), data.example_ids("eval"))}
@@ -87,6 +90,11 @@ def evaluate_checkpoint(run_dir, step: int, data_dir, out, options: EvaluateOpti
             assert len(order) == len(tokens) and len(np.unique(order)) == len(order), "evaluation rows lost or duplicated"
             results[name] = (ids[order], stacked)
     if acc.is_main_process:
+        for name, (_, loss) in results.items():
+            bad = int(np.sum(~np.isfinite(loss)))
+            if bad:
+                raise CheckpointError(f"checkpoint {ckpt}: {bad:,} of {loss.size:,} per-token losses on the {name} set are "
+                                      "not finite (damaged weights, or a diverged run); nothing written")
         meta = {"size": state["spec"]["size"]["name"], "seed": state["spec"]["seed"], "tokens_seen": state["tokens_seen"]}
         seq, tok = _tables(results, meta, options.token_dtype)
         losses.write_partition(out.dataset("tokens"), run, step, tok)

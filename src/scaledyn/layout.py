@@ -25,6 +25,12 @@ def partition(root: str | Path, run: str, step: int | str) -> Path:
     return Path(root) / f"run={run}" / f"step={step}" / "part-0.parquet"
 
 
+def staging(dataset: str | Path) -> Path:
+    """Where a dataset's partitions are written before they are renamed into place: beside the
+    dataset folder, never inside it, so no reader that scans the dataset sees a temporary."""
+    return Path(dataset).parent / ".staging"
+
+
 class LossesPaths:
     """A per-example loss dataset: one hive-partitioned Parquet dataset per granularity."""
 
@@ -73,6 +79,8 @@ class RunPaths:
         self.train_log = self.dir / "train_log.csv"  # complete log, written when training finishes
         self.state = self.dir / "state"
         self.live_log = self.state / "train_log.csv"  # appended while training
+        self.lock = self.state / "lock"  # held by the one process training this run
+        self.diverged = self.state / "diverged.json"  # why a diverged run refuses to restart
         self.checkpoints = self.dir / "checkpoints"
 
     def checkpoint(self, step: int | str) -> Path:

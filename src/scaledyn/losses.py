@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from . import atomic
 from .errors import SchemaMismatch
 from .hashing import sha256
-from .layout import GRANULARITIES, LossesPaths, RunPaths, partition
+from .layout import GRANULARITIES, LossesPaths, RunPaths, partition, staging
 
 PARTITIONING = pa.schema([("run", pa.string()), ("step", pa.int64())])
 
@@ -101,10 +101,22 @@ def write_partition(dataset: str | Path, run: str, step: int, table: pa.Table) -
             f"{dataset}: new rows for run={run} step={step} have schema {table.schema.remove_metadata()} "
             f"but the dataset has {existing.remove_metadata()}; write to a new dataset or convert it"
         )
-    with atomic.atomic_path(path) as tmp:
+    tag = f"{dataset.name}.run={run}.step={step}."
+    atomic.remove_stale(staging(dataset), tag)  # left by a killed writer of this very partition
+    with atomic.atomic_path(path, staging(dataset), tag) as tmp:
         pq.write_table(table, tmp, compression="zstd", use_dictionary=["split"], write_statistics=True)
     write_schema_doc(dataset.parent)
     return path
+
+
+def check_writable(dataset: str | Path) -> None:
+    """Fail now, with the OS's reason, if partitions of `dataset` cannot be written (before a long
+    computation, not after it)."""
+    folder = staging(dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(folder / "probe", folder, "probe.") as tmp:
+        tmp.write_bytes(b"\0" * 65536)  # a full disk still creates empty files
+    (folder / "probe").unlink()
 
 
 def write_schema_doc(root) -> None:

@@ -38,7 +38,10 @@ def load_for_step(ckpt: Path):
     model = load_model(ckpt, dtype=torch.float32)
     model.config._attn_implementation = "eager"
     optimizer = make_optimizer(model, spec)
-    optimizer.load_state_dict(opt_state)
+    try:
+        optimizer.load_state_dict(opt_state)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"checkpoint {ckpt}: optimizer.pt does not fit the model ({type(e).__name__}: {e})") from None
     return model, optimizer, spec, opt_state
 
 

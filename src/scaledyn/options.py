@@ -19,6 +19,16 @@ from .schema import validate_schema
 from .sizes import Size
 
 
+def _json_object(text: str) -> dict:
+    try:
+        section = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--options: not valid JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(section, dict):
+        raise ConfigError("--options: expected a JSON object")
+    return section
+
+
 class StageOptions:
     SECTION: ClassVar[str]
 
@@ -36,13 +46,7 @@ class StageOptions:
 
     @classmethod
     def from_json(cls, text: str):
-        try:
-            section = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--options: not valid JSON ({e.msg} at character {e.pos})") from None
-        if not isinstance(section, dict):
-            raise ConfigError("--options: expected a JSON object")
-        return cls.from_config(validate_schema({cls.SECTION: section}))
+        return cls.from_config(validate_schema({cls.SECTION: _json_object(text)}))
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class DataOptions(StageOptions):
 
     @classmethod
     def from_json(cls, text: str) -> "DataOptions":
-        d = json.loads(text)
+        d = _json_object(text)
         batch = d.pop("heldout_batch_size", None)
         cfg = validate_schema({"data": d, "train": {"batch_size": batch} if batch is not None else {}})
         return cls.from_config(cfg)
@@ -98,7 +102,7 @@ class ZslOptions(StageOptions):
 
     @classmethod
     def from_json(cls, text: str) -> "ZslOptions":
-        d = json.loads(text)
+        d = _json_object(text)
         batch = d.pop("batch_size", None)
         return cls.from_config(validate_schema({"zsl": d, "evaluate": {} if batch is None else {"batch_size": batch}}))
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
+import math
+import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict
@@ -21,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import atomic, checkpoint
 from .data import TokenData
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, DataError, Diverged, RunLocked
 from .hashing import sha256
 from .launch import accelerator
 from .layout import DataPaths, RunPaths
@@ -72,16 +76,37 @@ class Batches:
         return [batch[i * self.micro : (i + 1) * self.micro] for i in range(self.accum)]
 
 
-class TrainLog:
-    """CSV training log that survives crashes: buffered, flushed every few steps and at every
-    checkpoint, truncated back to the resumed step so no step appears twice."""
+def read_log(path) -> list[dict]:
+    """The rows of a training log up to the first damaged one: a torn or unterminated last line, a
+    NUL-filled tail (a crash before the file system wrote the data), a row whose fields do not
+    parse, or a step out of sequence. What follows a damaged row cannot be trusted."""
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    except FileNotFoundError:
+        return []
+    if lines[0].strip() != ",".join(LOG_FIELDS):
+        return []
+    rows = []
+    for line in lines[1:-1]:  # the part after the last newline is torn (or empty)
+        parts = line.split(",")
+        try:
+            ok = len(parts) == len(LOG_FIELDS) and int(parts[0]) == len(rows) + 1 and "\x00" not in line
+            ok = ok and all(math.isfinite(float(v)) for v in parts[1:])
+        except ValueError:
+            ok = False
+        if not ok:
+            break
+        rows.append(dict(zip(LOG_FIELDS, parts)))
+    return rows
 
-    def __init__(self, path, resume_step: int):
+
+class TrainLog:
+    """CSV training log that survives crashes: buffered, flushed and fsynced every few steps and
+    before every checkpoint is marked complete, and rewritten to exactly the steps up to the one
+    training resumes from, so no step is missing or appears twice."""
+
+    def __init__(self, path, rows: list[dict]):
         self.path, self.buffer = path, []
-        rows = []
-        if path.exists() and resume_step > 0:
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
         out = io.StringIO()
         w = csv.DictWriter(out, LOG_FIELDS)
         w.writeheader()
@@ -96,7 +121,33 @@ class TrainLog:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, LOG_FIELDS).writerows(self.buffer)
                 f.flush()
+                os.fsync(f.fileno())
             self.buffer = []
+
+
+class RunLock:
+    """An exclusive lock on a run (fcntl on state/lock, held while training): a second trainer of
+    the same run, started by hand beside the workflow or by a requeue race, fails at once and
+    names the holder, instead of interleaving its log with the first one's."""
+
+    def __init__(self, path):
+        self.path, self.file = path, None
+
+    def acquire(self, run: str) -> None:
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunLocked(f"run {run} is already being trained by {holder} (lock {self.path}); "
+                            "wait for it or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        self.file = f
 
 
 class StopFlag:
@@ -111,10 +162,16 @@ class StopFlag:
         self.requested = True
 
 
-def resume(ckpt: checkpoint.Checkpointer, model, optimizer) -> int:
-    """Restore the newest intact checkpoint; the step it was taken at (0 for a fresh run).
-    Damaged checkpoints are skipped with a warning; one from another run spec stops the run."""
+def resume(ckpt: checkpoint.Checkpointer, model, optimizer, logged: int) -> int:
+    """Restore the newest intact checkpoint that the training log covers (rows 1..`logged`); the
+    step it was taken at (0 for a fresh run). Damaged checkpoints are skipped with a warning; one
+    from another run spec stops the run."""
     for path in ckpt.resumable():
+        step = int(path.name[5:])
+        if step > logged:
+            print(f"{ckpt.spec.name}: checkpoint {path} is ahead of the training log (intact through step {logged}); "
+                  "resuming from an earlier one so that the log has no gap", file=sys.stderr)
+            continue
         try:
             return ckpt.restore(path, model, optimizer)
         except checkpoint.SpecMismatch:
@@ -122,6 +179,29 @@ def resume(ckpt: checkpoint.Checkpointer, model, optimizer) -> int:
         except CheckpointError as e:
             checkpoint.warn_skip(path, e)
     return 0
+
+
+def take_run(spec: RunSpec, acc, paths: RunPaths, ckpt: checkpoint.Checkpointer) -> tuple[list[dict], int, RunLock]:
+    """The main process locks the run (the caller holds the returned lock while it trains), removes
+    what killed saves left, refuses a run that diverged before, and reads the log (its intact
+    rows); every process learns how many there are."""
+    rows, error, lock = [], None, RunLock(paths.lock)
+    if acc.is_main_process:
+        try:
+            lock.acquire(spec.name)
+            if paths.diverged.exists():
+                raise Diverged(f"run {spec.name} diverged before ({paths.diverged}: {paths.diverged.read_text().strip()}); "
+                               f"it would diverge again from the same checkpoint: change the run, or delete {spec.run_dir}")
+            ckpt.remove_stale()
+            rows = read_log(paths.live_log)
+        except (RunLocked, Diverged) as e:
+            error = e
+    logged = _from_main(acc, -1 if error else len(rows))
+    if logged < 0:
+        if error:
+            raise error
+        sys.exit(1)  # the main process reports why
+    return rows, logged, lock
 
 
 def finish_run(spec: RunSpec, paths: RunPaths, counts: dict, vocab: int, world: int, bf16: bool) -> dict:
@@ -150,12 +230,13 @@ def train(spec: RunSpec) -> dict:
     counts = param_counts(model)
     optimizer = make_optimizer(model, spec)
     ckpt = checkpoint.Checkpointer(spec, counts)
-    start = resume(ckpt, model, optimizer)
+    rows, logged, lock = take_run(spec, acc, paths, ckpt)  # noqa: F841  (held until training ends)
+    start = resume(ckpt, model, optimizer, logged)
     if start and acc.is_main_process:
         print(f"{spec.name}: resuming from checkpoint {paths.checkpoint(start)} at step {start}", file=sys.stderr)
     model.tie_weights()
     model, optimizer = acc.prepare(torch.compile(model) if spec.compile else model, optimizer)
-    log = TrainLog(paths.live_log, start) if acc.is_main_process else None
+    log = TrainLog(paths.live_log, rows[:start]) if acc.is_main_process else None
     stop, tokens_per_step = StopFlag(), spec.batch_size * spec.seq_len
     save = lambda step, kind: save_everywhere(acc, ckpt, log, model, optimizer, step, kind)  # noqa: E731
     model.train()
@@ -165,8 +246,10 @@ def train(spec: RunSpec) -> dict:
     for step in bar:
         # determine and set the learning rate for this update
         lr = set_lr(optimizer, lr_at(spec, step))
-        # forward, backward, update
+        # forward, backward, update (never with a non-finite loss or gradient: stop, keep the last good checkpoint)
         loss, grad_norm = update(acc, model, optimizer, batches(step), spec.grad_clip)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            diverged(spec, paths, log, step, loss, grad_norm)
         # logging
         now = time.perf_counter()
         tps, t_last = tokens_per_step / max(now - t_last, 1e-9), now
@@ -206,18 +289,39 @@ def save_everywhere(acc, ckpt, log, model, optimizer, step: int, kind: str) -> N
 
 def update(acc, model, optimizer, micro: list[torch.Tensor], grad_clip: float | None) -> tuple[float, float]:
     """One optimizer update over micro-batches (gradients accumulated, synced on the last one);
-    returns the batch's mean loss over all processes and the gradient norm before clipping."""
+    returns the batch's mean loss over all processes and the gradient norm before clipping. With a
+    non-finite loss or gradient norm (the same on every process) no update is made."""
     loss_sum = torch.zeros((), device=acc.device)
     for i, x in enumerate(micro):
         with acc.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext(), acc.autocast():
             loss = model(input_ids=x, labels=x).loss / len(micro)
             acc.backward(loss)
         loss_sum += loss.detach()
-    grad_norm = acc.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = float(acc.clip_grad_norm_(model.parameters(), grad_clip or float("inf")))
     loss_val = acc.reduce(loss_sum, "mean").item() if acc.num_processes > 1 else loss_sum.item()
-    return loss_val, float(grad_norm)
+    if math.isfinite(loss_val) and math.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_val, grad_norm
+
+
+def diverged(spec: RunSpec, paths: RunPaths, log, step: int, loss: float, grad_norm: float):
+    """Stop a run whose loss or gradient is no longer finite, so that it does not burn its
+    allocation; the log keeps the good steps and state/diverged.json says what happened."""
+    last = max(checkpoint.complete_steps(paths), default=0)
+    if log is not None:
+        log.flush()
+        atomic.write_json(paths.diverged, {"step": step, "loss": str(loss), "grad_norm": str(grad_norm),
+                                           "last_checkpoint": last})
+    raise Diverged(f"run {spec.name}: non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step} "
+                   f"(loss {loss}, gradient norm {grad_norm}); stopped without updating, last good checkpoint: step {last}")
+
+
+def _from_main(acc, value: int) -> int:
+    """The main process' value, on every process."""
+    if acc.num_processes == 1:
+        return value
+    return int(acc.reduce(torch.tensor(value if acc.is_main_process else 0, device=acc.device), "sum").item())
 
 
 def _any_rank(acc, flag: bool) -> bool:
