@@ -1,15 +1,19 @@
 # scaledyn: loss deceleration and zero-sum learning across model sizes.
 #   snakemake --cores 2                                                  the embedded default study
 #   snakemake --profile profiles/slurm --configfile configs/paper.yaml   the paper on a SLURM cluster
-# The config is validated once, by the package against src/scaledyn/schema/config.schema.yaml
-# (rules/common.smk), which also runs the checks a schema cannot express.
+# config.yaml is the study only when no --configfile is given: a preset stands alone, nothing of the
+# default study leaks into it. The config is validated once, by the package against
+# src/scaledyn/schema/config.schema.yaml (rules/common.smk), which also runs the checks a schema
+# cannot express.
 
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"

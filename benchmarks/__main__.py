@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -52,7 +51,7 @@ class Env:
 
         self.study = load_study({"results": str(self.tmp / "results"), "model": {"sizes": ["tiny-11k", "tiny-25k"]},
                                  "data": {"max_documents": 200, "tokenizer": {"vocab_size": 2048}, "seq_len": 128,
-                                          "eval_sequences": 1024, "heldout_batches": 1},
+                                          "eval_sequences": 1024, "heldout_batches": 1, "allow_repeat": True},
                                  "train": {"steps": 300 if quick else 1000, "batch_size": 16, "threads": 1}})
         self.data = self.study.layout.data.dir
         prepare(self.study.data, self.data)
@@ -76,14 +75,13 @@ def train_vs_bare_loop(env):
 
     def bare():
         data = TokenData.open(spec.data_dir)
-        tokens = data.split("train")
         model = build_model(spec.size, data.model_vocab_size, spec.seed)
         optimizer = make_optimizer(model, spec)
-        order = BatchOrder(len(tokens), spec.batch_size, spec.data_seed)
+        order = BatchOrder(data.train_sequences, spec.batch_size, spec.data_seed)
         model.train()
         for step in range(1, spec.steps + 1):
             set_lr(optimizer, lr_at(spec, step))
-            x = torch.from_numpy(np.asarray(tokens[order.rows(step)], dtype=np.int64))
+            x = torch.from_numpy(data.train_batch(order.rows(step)).astype(np.int64))
             model(input_ids=x, labels=x).loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
             optimizer.step()
@@ -249,23 +247,67 @@ def fit_curve_seconds(env):
     return out
 
 
-@case
-def prepare_default_corpus(env):
+def _stdlib_docs() -> list[str]:
     from scaledyn.data import stdlib_files
 
-    out = env.tmp / "prep"
-    (env.tmp / "prep.yaml").write_text(f"results: {out}\n" + (REPO / "config.yaml").read_text().split("results:")[1].split("\n", 1)[1])
-    t_read, _ = timed(lambda: [p.read_bytes() for p in stdlib_files()])
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t, proc = timed(subprocess.run, [sys.executable, "-m", "scaledyn", "prepare-data", "--config", str(env.tmp / "prep.yaml")],
-                    capture_output=True, text=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return [p.read_text(encoding="utf-8") for p in stdlib_files()]
+
+
+@case
+def prepare_throughput(env):
+    """One slice job on the default corpus (read, tokenize, write shards) against a bare batch
+    encode of the same text with the same tokenizer, one core each (tokenizers' own threads off)."""
+    import dataclasses
+
+    from scaledyn.data import load_tokenizer, prepare_slice, prepare_tokenizer
+
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    data = dataclasses.replace(env.study.data, source="stdlib", max_documents=None, slices=1)
+    out = env.tmp / "prep-speed"
+    prepare_tokenizer(data, out)
+    backend = load_tokenizer(out).backend_tokenizer
+    docs = _stdlib_docs()
+    t_bare, encs = timed(lambda: [e.ids for i in range(0, len(docs), 256)
+                                  for e in backend.encode_batch_fast(docs[i : i + 256], add_special_tokens=False)])
+    n = sum(len(e) + 1 for e in encs)
+    t_ours, rec = timed(prepare_slice, data, out, 0)
+    return [row("prepare_tokens_per_s_per_core", rec["tokens"] / t_ours, "tokens/s", n / t_bare, t_bare / t_ours,
+                f"{rec['tokens']:,} tokens from {rec['documents']:,} stdlib files, aim >= 0.8; baseline: "
+                "backend encode_batch_fast of the same documents, already in memory")]
+
+
+def _peak_rss_mb(config: Path) -> float:
+    code = ("import resource, sys; from scaledyn.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+            "    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, "prepare-data", "--config", str(config)], capture_output=True,
+                          text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
-    m = json.loads((out / "data" / "manifest.json").read_text())
-    return [row("prepare_default_corpus_seconds", t, "s", t_read, t / t_read,
-                f"{m['n_tokens']:,} tokens, vocabulary {m['tokenizer']['vocab_size']}; baseline: reading the corpus files"),
-            row("prepare_default_corpus_peak_mb", max(peak, before) / 1024, "MB", None, None, "peak RSS of the process")]
+    return int(proc.stderr.rsplit("PEAK", 1)[1].split()[0]) / 1024
+
+
+@case
+def prepare_peak_memory(env):
+    """Peak RSS of preparing the default corpus and one 20 times its size (the stdlib sources
+    repeated as a 20-fold JSONL file): preparation streams, so memory must not grow with the corpus."""
+    base = (REPO / "config.yaml").read_text().split("data:", 1)[1].split("\nmodel:", 1)[0]
+    one = env.tmp / "peak1.yaml"
+    one.write_text(f"results: {env.tmp / 'peak1'}\ndata:{base}\nmodel:\n  sizes: [tiny-1k]\n")
+    docs = _stdlib_docs()
+    big = env.tmp / "corpus20.jsonl"
+    with open(big, "w") as f:
+        for _ in range(20):
+            for d in docs:
+                f.write(json.dumps({"text": d}) + "\n")
+    twenty = env.tmp / "peak20.yaml"
+    twenty.write_text(f"results: {env.tmp / 'peak20'}\ndata:{base}  source: files\n  files: {{paths: ['{big}'], format: jsonl}}\n"
+                      "model:\n  sizes: [tiny-1k]\n")
+    p1 = _peak_rss_mb(one)
+    t20, p20 = timed(_peak_rss_mb, twenty)
+    m20 = json.loads((env.tmp / "peak20" / "data" / "manifest.json").read_text())
+    return [row("prepare_peak_rss_20x_corpus", p20, "MB", p1, p20 / p1,
+                f"aim <= 1.2; {m20['n_tokens']:,} tokens (20x the stdlib corpus) prepared in {t20:.0f} s; "
+                "baseline: the default corpus's peak RSS")]
 
 
 @case

@@ -31,14 +31,24 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def fake_data(root: Path, seq_len: int, n: int, vocab: int) -> None:
-    rng = np.random.default_rng(0)
-    for name, rows in (("train", n), ("eval", 8), ("heldout", 8)):
-        np.save(root / f"{name}.npy", rng.integers(0, vocab, (rows, seq_len), dtype=np.uint16))
-    atomic.write_json(root / "manifest.json", {
-        "seq_len": seq_len, "model_vocab_size": model_vocab_size(vocab), "max_token_id": vocab - 1,
-        "tokenizer": {"eos_token_id": 0, "vocab_size": vocab}, "heldout_batch_size": 8, "heldout_batches": 1,
-        "splits": {k: {"file": f"{k}.npy", "sequences": r, "example_id_start": 0, "example_id_stop": r}
-                   for k, r in (("train", n), ("eval", 8), ("heldout", 8))}})
+    """Random token ids in the prepared-data format (one shard), for a throughput measurement."""
+    from scaledyn.data import FORMAT
+    from scaledyn.layout import DataPaths
+
+    paths, rng = DataPaths(root), np.random.default_rng(0)
+    tokens = rng.integers(0, vocab, n * seq_len, dtype=np.uint16)
+    paths.shard(0, 0).parent.mkdir(parents=True, exist_ok=True)
+    tokens.tofile(paths.shard(0, 0))
+    for name in ("eval", "heldout"):
+        np.save(paths.split(name), rng.integers(0, vocab, (8, seq_len), dtype=np.uint16))
+    np.save(paths.excluded, np.arange(0))
+    atomic.write_json(paths.manifest, {
+        "format": FORMAT, "seq_len": seq_len, "dtype": "uint16", "model_vocab_size": model_vocab_size(vocab),
+        "max_token_id": vocab - 1, "tokenizer": {"eos_token_id": 0, "vocab_size": vocab}, "heldout_batch_size": 8,
+        "heldout_batches": 1, "shards": [{"file": paths.shard(0, 0).relative_to(root).as_posix(), "tokens": n * seq_len}],
+        "splits": {"train": {"sequences": n, "example_id_start": 16, "example_id_stop": 16 + n},
+                   **{k: {"file": f"{k}.npy", "sequences": 8, "example_id_start": i * 8, "example_id_stop": i * 8 + 8}
+                      for i, k in enumerate(("eval", "heldout"))}}})
 
 
 def main() -> None:

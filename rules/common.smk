@@ -18,6 +18,7 @@ SLURM = STUDY.cfg["slurm"]
 wildcard_constraints:
     run="|".join(map(re.escape, RUNS)) or "NONE",
     step=r"\d+",
+    slice=r"\d+",
 
 
 def cluster(gpu=False):
@@ -33,6 +34,14 @@ def train_gpus(run):
 
 def train_nodes(run):
     return SLURM["nodes"].get(STUDY.runs[run][0], 1)
+
+
+def onestep_mem_mb(run):
+    """Host memory of a one-step job: the checkpoint's weights and AdamW state (16 bytes per
+    parameter, fp32) read twice over while moving to the device, plus 8 GB of working room."""
+    tok = STUDY.cfg["data"]["tokenizer"]
+    vocab = tok["vocab_size"] if tok["kind"] == "bpe" else 65536  # a pretrained vocabulary is known only after preparation
+    return 8000 + 32 * STUDY.sizes[STUDY.runs[run][0]].total_params(vocab) // 10**6
 
 
 # Cheap aggregations run where Snakemake runs, not as cluster jobs.

@@ -1,10 +1,10 @@
-rule prepare_data:
+# Preparation as jobs that run side by side: the tokenizer, one job per slice of the source
+# (resumable at shard boundaries), then the index (evaluation and held-out sets, the manifest).
+
+
+rule prepare_tokenizer:
     output:
-        manifest=L.data.manifest,
-        train=L.data.split("train"),
-        eval=L.data.split("eval"),
-        heldout=L.data.split("heldout"),
-        tokenizer=L.data.tokenizer_json,
+        L.data.tokenizer_json,
     params:
         options=STUDY.data.to_json(),
         out=L.data.dir,
@@ -13,6 +13,46 @@ rule prepare_data:
     conda:
         "../envs/scaledyn.yaml"
     log:
-        L.log("prepare_data"),
+        L.log("prepare_data", "tokenizer"),
     shell:
-        "scaledyn prepare-data --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"
+        "scaledyn prepare-data --stage tokenizer --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"
+
+
+rule prepare_slice:
+    input:
+        rules.prepare_tokenizer.output,
+    output:
+        L.data.slice_record("{slice}"),
+    params:
+        options=STUDY.data.to_json(),
+        out=L.data.dir,
+    resources:
+        **cluster(gpu=False),
+    conda:
+        "../envs/scaledyn.yaml"
+    log:
+        L.log("prepare_data", "slice_{slice}"),
+    shell:
+        "scaledyn prepare-data --stage slice --slice {wildcards.slice:q} --options {params.options:q} --out {params.out:q}"
+        " > {log:q} 2>&1"
+
+
+rule prepare_data:
+    input:
+        [L.data.slice_record(k) for k in range(STUDY.data_slices)],
+    output:
+        manifest=L.data.manifest,
+        eval=L.data.split("eval"),
+        heldout=L.data.split("heldout"),
+        excluded=L.data.excluded,
+    params:
+        options=STUDY.data.to_json(),
+        out=L.data.dir,
+    resources:
+        **cluster(gpu=False),
+    conda:
+        "../envs/scaledyn.yaml"
+    log:
+        L.log("prepare_data", "index"),
+    shell:
+        "scaledyn prepare-data --stage index --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"

@@ -33,6 +33,7 @@ rule zsl_dt1:
     resources:
         **cluster(gpu=True),
         gpu=SLURM["eval_gpus"],
+        mem_mb=lambda w: onestep_mem_mb(w.run),
     conda:
         "../envs/scaledyn.yaml"
     log:

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,13 @@ import pytest
 from transformers import AutoTokenizer
 
 from scaledyn.config import load_study
-from scaledyn.data import DataError, TokenData, load_documents, prepare
+from scaledyn.data import DataError, Source, TokenData, prepare
+from scaledyn.layout import DataPaths
+
+
+def documents(options):
+    source = Source(options)
+    return [d for k in range(source.slices()) for d in source.documents(k)]
 
 TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n" * 40
 
@@ -29,9 +36,9 @@ def test_prepare_is_deterministic(tmp_path, tiny_config):
     options = load_study(tiny_config).data
     a = prepare(options, tmp_path / "a")
     b = prepare(options, tmp_path / "b")
-    for name in ("train.npy", "eval.npy", "heldout.npy"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert a["splits"] == b["splits"]
+    for name in ("eval", "heldout"):
+        assert DataPaths(tmp_path / "a").split(name).read_bytes() == DataPaths(tmp_path / "b").split(name).read_bytes()
+    assert a["splits"] == b["splits"] and a["shards"] == b["shards"]
     c = prepare(dataclasses.replace(options, seed=1), tmp_path / "c")
     assert c["splits"]["eval"]["sha256"] != a["splits"]["eval"]["sha256"]
 
@@ -45,9 +52,10 @@ def test_stdlib_manifest_and_splits_are_disjoint(tiny_data):
     ids = {s: set(data.example_ids(s)) for s in ("train", "eval", "heldout")}
     assert not ids["train"] & ids["eval"] and not ids["train"] & ids["heldout"] and not ids["eval"] & ids["heldout"]
     assert len(ids["eval"]) == 24 and len(ids["heldout"]) == 2 * 8
-    # the rows themselves are distinct corpus chunks
-    rows = {bytes(r) for s in ("train", "eval", "heldout") for r in np.asarray(data.split(s))}
-    assert len(rows) >= 0.95 * sum(len(v) for v in ids.values())
+    # the rows themselves are distinct corpus chunks: no evaluation or held-out sequence is trained on
+    train = {bytes(r) for r in data.train_batch(np.arange(data.train_sequences))}
+    held = {bytes(r) for s in ("eval", "heldout") for r in np.asarray(data.split(s))}
+    assert len(train) >= 0.95 * data.train_sequences and not train & held
     x, eid = data.heldout_batch(1)
     assert x.shape == (8, 32) and list(eid) == list(data.example_ids("heldout")[8:16])
 
@@ -64,8 +72,8 @@ def test_files_sources_in_three_formats(tmp_path):
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
     for pattern, fmt, n_docs in ((tmp_path / "*.txt", "text", 1), (tmp_path / "b.jsonl", "jsonl", 20), (tmp_path / "c.parquet", "parquet", 20)):
-        docs, prov = load_documents(files_cfg([pattern], fmt))
-        assert len(docs) == n_docs and prov["source"] == "files"
+        options = files_cfg([pattern], fmt)
+        assert len(documents(options)) == n_docs and Source(options).provenance()["source"] == "files"
     m = prepare(files_cfg([tmp_path / "b.jsonl"], "jsonl"), tmp_path / "out")
     assert m["splits"]["eval"]["sequences"] == 8
 
@@ -76,18 +84,16 @@ def test_hf_source_from_a_locally_saved_dataset(tmp_path):
     ds = datasets.Dataset.from_dict({"content": [TEXT + str(i) for i in range(30)]})
     ds.save_to_disk(tmp_path / "ds")
     cfg = data_cfg(source="hf", hf={"name": str(tmp_path / "ds"), "field": "content"})
-    docs, prov = load_documents(cfg)
-    assert len(docs) == 30 and prov["source"] == "hf"
+    assert documents(cfg) == [TEXT + str(i) for i in range(30)]  # the slices, in order, are the dataset
     m = prepare(cfg, tmp_path / "out")
-    assert m["corpus"]["name"] == str(tmp_path / "ds")
+    assert m["corpus"]["name"] == str(tmp_path / "ds") and m["corpus"]["slices"] == 2
     with pytest.raises(DataError, match="no field 'text'"):
-        load_documents(data_cfg(source="hf", hf={"name": str(tmp_path / "ds")}))
+        documents(data_cfg(source="hf", hf={"name": str(tmp_path / "ds")}))
 
 
 @pytest.mark.parametrize(
     "name, content, fmt, fragment",
     [
-        ("empty.txt", b"", "text", "is empty"),
         ("bad.txt", b"\xff\xfe\x00bad", "text", "not UTF-8"),
         ("bad.jsonl", b'{"text": "ok"}\n{broken\n', "jsonl", "line 2: not valid JSON"),
         ("nofield.jsonl", b'{"body": "ok"}\n', "jsonl", "no field 'text'"),
@@ -98,13 +104,71 @@ def test_corrupt_or_empty_corpus_file_is_named(tmp_path, name, content, fmt, fra
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(DataError) as e:
-        load_documents(files_cfg([path], fmt))
+        documents(files_cfg([path], fmt))
     assert str(path) in str(e.value) and fragment in str(e.value)
 
 
 def test_glob_matching_nothing_is_named(tmp_path):
     with pytest.raises(DataError, match="matches no file"):
-        load_documents(files_cfg([tmp_path / "*.nothing"], "text"))
+        documents(files_cfg([tmp_path / "*.nothing"], "text"))
+
+
+def test_empty_files_and_records_are_skipped_and_counted(tmp_path):
+    """A real tree (site-packages) has empty __init__.py files and records with empty text."""
+    for i in range(6):
+        (tmp_path / f"m{i}.py").write_text(TEXT + str(i))
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "blank.py").write_text("\n\n")
+    m = prepare(files_cfg([tmp_path / "*.py"], "text"), tmp_path / "out")
+    assert m["corpus"]["documents"] == 8 and m["corpus"]["empty_documents"] == 2
+    rows = [{"text": TEXT}, {"text": ""}, {"text": None}, {"text": TEXT + "x"}]
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 5))
+    m = prepare(files_cfg([tmp_path / "r.jsonl"], "jsonl"), tmp_path / "out2")
+    assert m["corpus"]["empty_documents"] == 10 and m["corpus"]["documents"] == 20
+
+
+def test_slices_and_shards_do_not_change_the_tokens(tmp_path, tiny_config):
+    """At least 4 shards from 3 slice jobs: exactly the tokens, order, evaluation set and held-out
+    batches of a one-shard, one-job preparation."""
+    base = load_study(tiny_config).data
+    one = prepare(dataclasses.replace(base, slices=1, shard_tokens=10**9), tmp_path / "one")
+    many = prepare(dataclasses.replace(base, slices=3, shard_tokens=20000), tmp_path / "many")
+    assert len(one["shards"]) == 1 and len(many["shards"]) >= 4 and many["corpus"]["slices"] == 3
+    a, b = TokenData.open(tmp_path / "one"), TokenData.open(tmp_path / "many")
+    assert a.stream.offsets[-1] == b.stream.offsets[-1]
+    assert np.array_equal(a.stream.tokens(0, int(a.stream.offsets[-1])), b.stream.tokens(0, int(b.stream.offsets[-1])))
+    for name in ("eval", "heldout"):
+        assert np.array_equal(a.split(name), b.split(name))
+    rows = np.arange(a.train_sequences)
+    assert a.train_sequences == b.train_sequences and np.array_equal(a.train_batch(rows), b.train_batch(rows))
+    assert {k: v for k, v in one["splits"].items() if k != "train"} == {k: v for k, v in many["splits"].items() if k != "train"}
+
+
+def test_killed_slice_job_leaves_no_half_shard_and_resumes(tmp_path, tiny_config):
+    import random
+    import signal
+    import time
+
+    options = dataclasses.replace(load_study(tiny_config).data, max_documents=400, slices=1, shard_tokens=30000)
+    ref = prepare(options, tmp_path / "ref")
+    work = DataPaths(tmp_path / "work")
+    shutil.copytree(DataPaths(tmp_path / "ref").tokenizer, work.tokenizer)
+    rng = random.Random(3)
+    cmd = [sys.executable, "-m", "scaledyn", "prepare-data", "--stage", "slice", "--slice", "0", "--options",
+           options.to_json(), "--out", str(work.dir)]
+    for _ in range(3):
+        p = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 5.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        for shard in work.shards.rglob("shard_*.bin"):  # every shard on disk is whole and recorded
+            rec = json.loads(shard.with_suffix(".json").read_text()) if shard.with_suffix(".json").exists() else None
+            assert rec is None or shard.stat().st_size == rec["shard"]["tokens"] * 2
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not [p for p in work.shards.rglob("*") if p.name.startswith(".")]  # no temporaries left
+    record = json.loads(work.slice_record(0).read_text())
+    assert record["shards"] == [{k: v for k, v in s.items() if k != "offset"} for s in ref["shards"]]
 
 
 def test_eval_set_larger_than_corpus_fails_before_writing(tmp_path):

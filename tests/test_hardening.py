@@ -235,7 +235,8 @@ def test_damaged_log_is_repaired_on_resume(short_run, tmp_path, damage):
 
 
 def test_second_trainer_fails_at_once_naming_the_holder(tiny_config, tiny_data, tmp_path):
-    spec = spec_for(tiny_config, tiny_data, tmp_path / "run", steps=100000, checkpoint_steps=(100000,), flush_every=1)
+    spec = spec_for(tiny_config, tiny_data, tmp_path / "run", steps=100000, checkpoint_steps=(100000,), flush_every=1,
+                    allow_repeat=True)
     first = subprocess.Popen([sys.executable, "-m", "scaledyn", "train", "--spec", spec.to_json()],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:

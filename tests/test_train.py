@@ -181,3 +181,18 @@ def test_param_groups_skip_decay_on_embedding(tiny_config):
     assert all(p.ndim == 2 for p in decay["params"])
     assert not any(p.requires_grad for n, p in model.named_parameters() if "norm" in n)
     assert torch.equal(model.lm_head.weight, model.get_input_embeddings().weight)
+
+
+def test_training_refuses_a_second_pass_unless_allowed(tmp_path, tiny_config, tiny_data):
+    from scaledyn.data import TokenData
+
+    n = TokenData.open(tiny_data).train_sequences
+    steps = n // 8 + 3  # batch 8: the last 3 steps need a second pass
+    spec = make_spec(tiny_config, tiny_data, tmp_path / "run", steps=steps, checkpoint_steps=(steps,))
+    with pytest.raises(DataError, match=r"data: training needs .* passes over the .* prepared .*data.allow_repeat: true"):
+        train(spec)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    train(dataclasses.replace(spec, allow_repeat=True))
+    with open(RunPaths(spec.run_dir).train_log) as f:
+        passes = [int(r["data_pass"]) for r in csv.DictReader(f)]
+    assert passes[: n // 8] == [1] * (n // 8) and passes[-1] == 2

@@ -25,6 +25,7 @@ def test_default_and_paper_dags_plan_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr
     jobs = planned(proc)
     assert jobs["train"] == 6 and jobs["evaluate"] == 6 * 19 and jobs["zsl_dt1"] == 6 * 6
+    assert jobs["prepare_slice"] == 256 and jobs["prepare_data"] == 1  # sharded preparation
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--configfile",
                            str(REPO / "config.yaml"), "--directory", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
     jobs = planned(proc)
@@ -60,3 +61,19 @@ def test_incremental_reruns(tiny_study, tmp_path):
         assert set(jobs) == {"fit_run", "fit_scaling", "report", "all"} and jobs["fit_run"] == 2
     finally:
         (work / "config.yaml").write_text(cfg)
+
+
+def test_paper_preset_stands_alone():
+    """With --configfile, config.yaml is not read: the planned jobs carry exactly the preset's options."""
+    from scaledyn.config import load_study
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "results-paper/runs/144M_s0/run.json",
+                           "--configfile", "configs/paper.yaml"], cwd=REPO, capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": __import__("os").environ["PATH"]})
+    assert proc.returncode == 0, proc.stderr
+    study = load_study(REPO / "configs" / "paper.yaml")
+    spec = re.search(r"train --spec '(\{.*?\})'", proc.stdout).group(1)
+    assert spec == study.run_spec("144M_s0").to_json()
+    assert '"threads": null' in spec  # config.yaml's threads: 1 would be here if it leaked
+    data = re.search(r"prepare-data --stage tokenizer --options '(\{.*?\})'", proc.stdout).group(1)
+    assert data == study.data.to_json()

@@ -72,9 +72,28 @@ def test_one_step_reproduces_the_training_loop(tmp_path, tiny_config, tiny_data)
     train(spec)
     model, optimizer, spec8, _ = load_for_step(RunPaths(spec.run_dir).checkpoint(8))
     data = TokenData.open(tiny_data)
-    rows = BatchOrder(len(data.split("train")), spec.batch_size, spec.data_seed).rows(9)
-    batch = torch.from_numpy(np.asarray(data.split("train")[rows], dtype=np.int64))
+    rows = BatchOrder(data.train_sequences, spec.batch_size, spec.data_seed).rows(9)
+    batch = torch.from_numpy(data.train_batch(rows).astype(np.int64))
     one_step(model, optimizer, batch, step_lr(spec8, 8)[0])
     target, *_ = load_for_step(RunPaths(spec.run_dir).checkpoint(9))
     for (n, p), q in zip(model.named_parameters(), target.parameters()):
         assert torch.allclose(p, q, atol=1e-6), n
+
+
+def test_micro_batched_one_step_equals_full_batch(tiny_study):
+    """Memory bounded by the micro-batch, not the batch: the same update and the same predictions."""
+    ckpt = tiny_study.run("tiny-6k_s0").checkpoint(16)
+    data = TokenData.open(tiny_study.data.dir)
+    batch = torch.from_numpy(data.heldout_batch(0)[0].astype(np.int64))
+    results = []
+    for micro in (None, 3):  # 8 sequences: micro-batches of 3, 3 and 2
+        model, optimizer, spec, _ = load_for_step(ckpt)
+        theta0 = {n: p.detach().clone() for n, p in trainable(model).items()}
+        one_step(model, optimizer, batch, step_lr(spec, 16)[0], micro)
+        delta = {n: p.detach() - theta0[n] for n, p in trainable(model).items()}
+        model0, *_ = load_for_step(ckpt)
+        results.append((delta, jvp_predictions(model0, batch, delta, micro)))
+    (d_full, p_full), (d_micro, p_micro) = results
+    for n in d_full:
+        assert torch.allclose(d_full[n], d_micro[n], atol=1e-7, rtol=1e-4), n
+    assert torch.allclose(p_full, p_micro, atol=1e-6, rtol=1e-4)

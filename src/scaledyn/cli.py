@@ -29,12 +29,13 @@ def cmd_validate(args) -> None:
 
     study = load_study(args.config)
     runs = sorted(study.runs, key=lambda r: (study.sizes[study.runs[r][0]].non_embedding_params(), study.runs[r][1], r))
-    print(json.dumps({"runs": runs, "checkpoint_steps": study.checkpoint_steps}, indent=2))
+    print(json.dumps({"runs": runs, "checkpoint_steps": study.checkpoint_steps, "data_slices": study.data_slices,
+                      **study.token_budget()}, indent=2))
 
 
 def cmd_prepare_data(args) -> None:
+    from . import data
     from .config import load_study
-    from .data import prepare
     from .options import DataOptions
 
     if args.options:  # the workflow passes only the data options, so other edits don't re-prepare
@@ -42,7 +43,12 @@ def cmd_prepare_data(args) -> None:
     else:
         study = load_study(args.config)
         options, out = study.data, Path(args.out) if args.out else study.layout.data.dir
-    m = prepare(options, out)
+    if args.stage == "tokenizer":
+        return data.prepare_tokenizer(options, out)
+    if args.stage == "slice":
+        r = data.prepare_slice(options, out, args.slice)
+        return print(f"slice {args.slice}: {r['tokens']:,} tokens from {r['documents']:,} documents in {len(r['shards'])} shards")
+    m = data.prepare(options, out) if args.stage == "all" else data.prepare_index(options, out)
     print(f"{out}: {m['n_tokens']:,} tokens, vocabulary {m['tokenizer']['vocab_size']}, "
           f"{m['splits']['train']['sequences']:,} training sequences of {m['seq_len']}")
 
@@ -154,9 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("validate", cmd_validate, "Validate a study config; print its runs (smallest first) and checkpoint steps.")
     sp.add_argument("--config", default="config.yaml", help="study config (YAML)")
 
-    sp = add("prepare-data", cmd_prepare_data, "Tokenize the corpus into train / eval / held-out arrays.", options=True)
+    sp = add("prepare-data", cmd_prepare_data, "Tokenize the corpus into token shards, evaluation and held-out sets.",
+             options=True)
     sp.add_argument("--config", default="config.yaml", help="study config, when no --options are given")
     sp.add_argument("--out", help="data directory (default: <results>/data of the config)")
+    sp.add_argument("--stage", choices=["all", "tokenizer", "slice", "index"], default="all",
+                    help="one stage (what the workflow runs as separate jobs), or all in order")
+    sp.add_argument("--slice", type=int, default=0, help="which slice, with --stage slice")
 
     sp = add("train", cmd_train, "Train one run; resumes from its newest complete checkpoint.")
     g = sp.add_mutually_exclusive_group(required=True)

@@ -95,7 +95,23 @@ class Study:
             grad_clip=t["grad_clip"], precision=t["precision"], compile=t["compile"], threads=t["threads"],
             flush_every=t["flush_every"], checkpoint_steps=tuple(self.checkpoint_steps),
             optimizer_steps=None if c["keep_optimizer"] == "all" else tuple(self.dt1_steps), data_seed=self.cfg["data"]["seed"],
+            allow_repeat=self.cfg["data"]["allow_repeat"],
         )
+
+    @property
+    def data_slices(self) -> int:
+        from .data import Source
+
+        return Source(self.data).slices()
+
+    def token_budget(self) -> dict:
+        """What training needs against what the config lets preparation supply (before it runs):
+        data_passes is known only when data.max_tokens caps the stream."""
+        t, d = self.cfg["train"], self.cfg["data"]
+        needed = t["steps"] * t["batch_size"] * d["seq_len"]
+        held = (d["eval_sequences"] + d["heldout_batches"] * t["batch_size"]) * d["seq_len"]
+        passes = needed / (d["max_tokens"] - held) if d["max_tokens"] else None
+        return {"train_tokens_needed": needed, "max_tokens": d["max_tokens"], "data_passes": passes}
 
 
 def _check_finite(node, where: str = "") -> None:

@@ -59,14 +59,25 @@ class ReportPaths:
 
 
 class DataPaths:
+    """Prepared token data: the tokenizer, token shards written by slice jobs, the index."""
+
     def __init__(self, root: str | Path):
         self.dir = Path(root)
         self.manifest = self.dir / "manifest.json"
         self.tokenizer = self.dir / "tokenizer"
         self.tokenizer_json = self.tokenizer / "tokenizer.json"
+        self.shards = self.dir / "shards"
+        self.excluded = self.dir / "excluded.npy"  # stream sequences held out of training (eval + held-out)
 
     def split(self, name: str) -> Path:
+        """eval.npy and heldout.npy: small (n, seq_len) arrays; training reads the shards."""
         return self.dir / f"{name}.npy"
+
+    def slice_record(self, k: int | str) -> Path:
+        return self.shards / f"slice_{k}.json"
+
+    def shard(self, k: int, j: int) -> Path:
+        return self.shards / f"slice_{k}" / f"shard_{j:05d}.bin"
 
 
 class RunPaths:

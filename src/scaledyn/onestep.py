@@ -1,8 +1,17 @@
 """Delta t = 1: one optimizer step from a checkpoint, and the gradient view of its interference.
 
-From checkpoint t (model + optimizer + scheduler state) take exactly one AdamW step on a held-out
-training batch, in fp32, with the full-batch mean gradient and no clipping, and measure the
-per-token loss changes on that batch and on the evaluation set. Repeated for every held-out batch.
+From checkpoint t (model + optimizer state) take exactly one AdamW step on a held-out training
+batch with the full-batch mean gradient and no clipping, and measure the per-token loss changes on
+that batch and on the evaluation set. Repeated for every held-out batch.
+
+Precision, on a GPU: the step's forward pass runs in bf16 autocast with an fp32 loss, as training
+does, so the step is the one training would take; weights, gradients and the AdamW update stay in
+fp32 (the reference casts the weights to bf16, which would round away most of one step). Every
+per-token loss that enters a difference is computed in fp32: one step changes a token's loss by
+~1e-2 nats, the size of bf16's rounding of a logit. On a CPU everything is fp32. All forward and
+backward passes are micro-batched (zsl batch_size = evaluate.batch_size sequences), so memory is
+bounded by the micro-batch, not by the 512-sequence batch: the full-batch mean gradient is
+accumulated, and the JVP prediction is computed micro-batch by micro-batch.
 
 Gradient view: the first-order prediction dl_i = grad l_i . dtheta for every token at once is one
 Jacobian-vector product (forward-mode AD), instead of one backward pass per token. Coordinate-wise
@@ -11,7 +20,9 @@ interference needs per-token gradients, computed with vmap(grad) for models smal
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +37,30 @@ from .evaluate import per_token_losses
 from .errors import CheckpointError
 from .layout import RunPaths
 from .model import load_model, token_losses
-from .optim import lr_at, make_optimizer
+from .optim import lr_at, make_optimizer, set_lr
 from .options import RunSpec, ZslOptions
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where and how the analysis computes: device, micro-batch (sequences), bf16 for the step."""
+
+    device: torch.device
+    micro: int
+    bf16: bool
+
+    @classmethod
+    def for_run(cls, spec: RunSpec, micro: int) -> "Setting":
+        cuda = torch.cuda.is_available()
+        bf16 = spec.precision == "bf16" or (spec.precision == "auto" and cuda)
+        return cls(torch.device("cuda" if cuda else "cpu"), micro, bf16 and cuda)
+
+    def step_autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+def fp32():
+    return torch.autocast("cpu", enabled=False)
 
 
 def load_for_step(ckpt: Path):
@@ -54,13 +87,19 @@ def step_lr(spec: RunSpec, step: int) -> tuple[float, str]:
     return lr, ""
 
 
-def one_step(model, optimizer, batch: torch.Tensor, lr: float) -> None:
-    """Exactly one update with the full-batch mean gradient, no clipping, at learning rate `lr`."""
-    for g in optimizer.param_groups:
-        g["lr"] = lr
+def one_step(model, optimizer, batch: torch.Tensor, lr: float, micro: int | None = None,
+             autocast=contextlib.nullcontext) -> None:
+    """Exactly one update with the full-batch mean gradient (accumulated over micro-batches of
+    `micro` sequences, each weighted by its share of the batch), no clipping, at rate `lr`."""
+    set_lr(optimizer, lr)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    model(input_ids=batch, labels=batch).loss.backward()
+    m = micro or len(batch)
+    for i in range(0, len(batch), m):
+        x = batch[i : i + m]
+        with autocast():
+            loss = model(input_ids=x, labels=x).loss
+        (loss.float() * (len(x) / len(batch))).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     model.eval()
@@ -70,8 +109,14 @@ def trainable(model) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def jvp_predictions(model, batch: torch.Tensor, delta: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Predicted per-token loss changes grad l_i . dtheta, shape (batch, seq_len - 1)."""
+def jvp_predictions(model, batch: torch.Tensor, delta: dict[str, torch.Tensor], micro: int | None = None) -> torch.Tensor:
+    """Predicted per-token loss changes grad l_i . dtheta, shape (batch, seq_len - 1), one
+    forward-mode pass per micro-batch."""
+    m = micro or len(batch)
+    return torch.cat([_jvp(model, batch[i : i + m], delta) for i in range(0, len(batch), m)])
+
+
+def _jvp(model, batch: torch.Tensor, delta: dict[str, torch.Tensor]) -> torch.Tensor:
     params = {n: p.detach() for n, p in trainable(model).items()}
     frozen = {n: t for n, t in list(model.named_parameters()) + list(model.named_buffers()) if n not in params}
 
@@ -116,7 +161,7 @@ def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.T
     flat = rng.choice(b * s, size=min(n_tokens, b * s), replace=False)
     seq_idx, pos_idx = torch.as_tensor(flat // s), torch.as_tensor(flat % s)
 
-    positions = torch.arange(s)
+    positions = torch.arange(s, device=batch.device)
 
     def loss_at(p, seq, pos):
         per_pos = token_losses(_Bound(model, {**frozen, **p}), seq[None])[0]
@@ -145,31 +190,31 @@ def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.T
             "coord_params": int(sum(p.numel() for p in params.values()))}
 
 
-def _measure_batch(k: int, model0, opt_state, spec, data: TokenData, eval_before, lr: float, options: ZslOptions):
+def _measure_batch(k: int, model0, opt_state, spec, data: TokenData, eval_before, lr: float, options: ZslOptions,
+                   at: Setting):
     """One optimizer step on held-out batch k: measured changes per split, their rows, gradient-view info."""
     tokens, ids = data.heldout_batch(k)
-    batch = torch.from_numpy(tokens.astype(np.int64))
+    batch = torch.from_numpy(tokens.astype(np.int64)).to(at.device)
     model = copy.deepcopy(model0)
     optimizer = make_optimizer(model, spec)
     optimizer.load_state_dict(opt_state)
-    with torch.no_grad():
-        before = token_losses(model, batch).numpy()
+    before = per_token_losses(model, tokens, at.micro, at.device, fp32)
     theta0 = {n: p.detach().clone() for n, p in trainable(model).items()}
-    one_step(model, optimizer, batch, lr)
-    with torch.no_grad():
-        after = token_losses(model, batch).numpy()
-    eval_after = per_token_losses(model, np.asarray(data.split("eval")), options.batch_size, torch.device("cpu"), _fp32)
+    one_step(model, optimizer, batch, lr, at.micro, at.step_autocast)
+    after = per_token_losses(model, tokens, at.micro, at.device, fp32)
+    eval_after = per_token_losses(model, np.asarray(data.split("eval")), at.micro, at.device, fp32)
     delta = {n: p.detach() - theta0[n] for n, p in trainable(model).items()}
+    del model, optimizer
     measured = {"heldout": (ids, after - before), "eval": (data.example_ids("eval"), eval_after - eval_before)}
     info, pred = {"batch": k}, None
     if options.gradient_view:
-        pred, more = _gradient_view(copy.deepcopy(model0), batch, delta, measured["heldout"][1], options)
+        pred, more = _gradient_view(copy.deepcopy(model0), batch, delta, measured["heldout"][1], options, at.micro)
         info.update(more)
     return measured, pred, info
 
 
-def _gradient_view(model, batch, delta, measured: np.ndarray, options: ZslOptions) -> tuple[np.ndarray, dict]:
-    pred = jvp_predictions(model, batch, delta).detach().numpy()
+def _gradient_view(model, batch, delta, measured: np.ndarray, options: ZslOptions, micro: int) -> tuple[np.ndarray, dict]:
+    pred = jvp_predictions(model, batch, delta, micro).detach().cpu().numpy()
     x = measured.ravel()
     info = {"pred_corr": float(np.corrcoef(pred.ravel(), x)[0, 1]), "D_pred": zsl.metrics(pred)["D"],
             "D_measured": zsl.metrics(x)["D"]}
@@ -212,10 +257,6 @@ def _summarise(rows: list[dict], extra: list[dict], spec: RunSpec, step: int, lr
     return agg
 
 
-def _fp32():
-    return torch.autocast("cpu", enabled=False)
-
-
 def dt1_analysis(run_dir, step: int, data_dir, out, changes, options: ZslOptions | None = None) -> pd.DataFrame:
     """Delta t = 1 at checkpoint `step` of a run: the metrics table at `out`, the per-token changes
     as the (run, step) partition of the dataset `changes`."""
@@ -227,11 +268,13 @@ def dt1_analysis(run_dir, step: int, data_dir, out, changes, options: ZslOptions
     if data.manifest["heldout_batches"] == 0:
         raise CheckpointError("data: no held-out batches (data.heldout_batches is 0); the one-step analysis needs them")
     model0, _, spec, opt_state = load_for_step(ckpt)
+    at = Setting.for_run(spec, options.batch_size)
+    model0.to(at.device)
     lr, lr_note = step_lr(spec, step)
-    eval_before = per_token_losses(model0, np.asarray(data.split("eval")), options.batch_size, torch.device("cpu"), _fp32)
+    eval_before = per_token_losses(model0, np.asarray(data.split("eval")), at.micro, at.device, fp32)
     rows, changes_rows, extra = [], [], []
     for k in range(data.manifest["heldout_batches"]):
-        measured, pred, info = _measure_batch(k, model0, opt_state, spec, data, eval_before, lr, options)
+        measured, pred, info = _measure_batch(k, model0, opt_state, spec, data, eval_before, lr, options, at)
         extra.append(info)
         changes_rows.append(_change_rows(k, measured, pred))
         for split, (_, dl) in measured.items():

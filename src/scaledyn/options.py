@@ -62,6 +62,8 @@ class DataOptions(StageOptions):
     eval_sequences: int
     heldout_batches: int
     seed: int
+    slices: int
+    shard_tokens: int
     heldout_batch_size: int  # = train.batch_size: held-out batches are training batches never trained on
 
     @classmethod
@@ -178,6 +180,7 @@ class RunSpec:
     checkpoint_steps: tuple[int, ...] = _resumable()
     optimizer_steps: tuple[int, ...] | None = _resumable()  # None = keep optimizer state everywhere
     data_seed: int = field()
+    allow_repeat: bool = _resumable()  # data.allow_repeat: may training start a second pass over the data?
 
     RESUMABLE: ClassVar[frozenset] = frozenset()
 

@@ -34,7 +34,7 @@ from .optim import lr_at, make_optimizer, set_lr
 from .options import RunSpec
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: the job saved a resume checkpoint and wants to be retried
-LOG_FIELDS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"]
+LOG_FIELDS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "data_pass"]
 
 
 class BatchOrder:
@@ -54,6 +54,10 @@ class BatchOrder:
         pos = np.arange((step - 1) * self.b, step * self.b)
         return np.array([self._permutation(p // self.n)[p % self.n] for p in pos])
 
+    def data_pass(self, step: int) -> int:
+        """1 while the batch of `step` is within the first pass over the data, 2 in the second, ..."""
+        return (step * self.b - 1) // self.n + 1
+
 
 class Batches:
     """This process' share of the global batch for a step, as micro-batches."""
@@ -65,14 +69,19 @@ class Batches:
         self.micro = min(spec.micro_batch_size or per_rank, per_rank)
         if per_rank % self.micro:
             raise DataError(f"train.micro_batch_size {self.micro} does not divide the per-process batch {per_rank}")
-        self.tokens, self.device = data.split("train"), device
-        self.order = BatchOrder(len(self.tokens), spec.batch_size, spec.data_seed)
+        self.data, self.device = data, device
+        self.order = BatchOrder(data.train_sequences, spec.batch_size, spec.data_seed)
+        needed = spec.steps * spec.batch_size
+        if needed > data.train_sequences and not spec.allow_repeat:
+            raise DataError(f"data: training needs {needed:,} sequences, {needed / data.train_sequences:.2f} passes over the "
+                            f"{data.train_sequences:,} prepared ({data.root}); prepare more (data.max_tokens, a larger corpus) "
+                            "or set data.allow_repeat: true")
         self.mine = slice(rank * per_rank, (rank + 1) * per_rank)
         self.accum = per_rank // self.micro
 
     def __call__(self, step: int) -> list[torch.Tensor]:
         rows = self.order.rows(step)[self.mine]
-        batch = torch.from_numpy(np.asarray(self.tokens[rows], dtype=np.int64)).to(self.device)
+        batch = torch.from_numpy(self.data.train_batch(rows).astype(np.int64)).to(self.device)
         return [batch[i * self.micro : (i + 1) * self.micro] for i in range(self.accum)]
 
 
@@ -255,7 +264,7 @@ def train(spec: RunSpec) -> dict:
         tps, t_last = tokens_per_step / max(now - t_last, 1e-9), now
         if acc.is_main_process:
             log.append({"step": step, "tokens": step * tokens_per_step, "loss": f"{loss:.6f}", "lr": f"{lr:.6g}",
-                        "grad_norm": f"{grad_norm:.6g}", "tokens_per_s": f"{tps:.1f}"})
+                        "grad_norm": f"{grad_norm:.6g}", "tokens_per_s": f"{tps:.1f}", "data_pass": batches.order.data_pass(step)})
             if step % spec.flush_every == 0:
                 log.flush()
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
