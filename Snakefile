@@ -6,14 +6,26 @@
 # src/scaledyn/schema/config.schema.yaml (rules/common.smk), which also runs the checks a schema
 # cannot express.
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# envs/scaledyn.post-deploy.sh installs scaledyn from here into conda environments.
+os.environ["SCALEDYN_SOURCE"] = workflow.basedir
+
+
+envvars:
+    "SCALEDYN_SOURCE",
 
 
 if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
+
+
+report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -28,7 +40,7 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        L.losses.run_table,
+        L.run_table,
         L.fit_trends,
         L.zsl_table,
         L.report.summary,

@@ -23,8 +23,14 @@ wildcard_constraints:
 
 def cluster(gpu=False):
     """slurm_partition / slurm_account resources from the study's slurm section (only those set)."""
-    res = {"slurm_partition": (SLURM["gpu_partition"] or SLURM["partition"]) if gpu else SLURM["partition"],
-           "slurm_account": SLURM["account"]}
+    res = {
+        "slurm_partition": (
+            (SLURM["gpu_partition"] or SLURM["partition"])
+            if gpu
+            else SLURM["partition"]
+        ),
+        "slurm_account": SLURM["account"],
+    }
     return {k: v for k, v in res.items() if v}
 
 
@@ -38,9 +44,12 @@ def train_nodes(run):
 
 def onestep_mem_mb(run):
     """Host memory of a one-step job: the checkpoint's weights and AdamW state (16 bytes per
-    parameter, fp32) read twice over while moving to the device, plus 8 GB of working room."""
+    parameter, fp32) read twice over while moving to the device, plus 8 GB of working room.
+    """
     tok = STUDY.cfg["data"]["tokenizer"]
-    vocab = tok["vocab_size"] if tok["kind"] == "bpe" else 65536  # a pretrained vocabulary is known only after preparation
+    vocab = (
+        tok["vocab_size"] if tok["kind"] == "bpe" else 65536
+    )  # a pretrained vocabulary is known only after preparation
     return 8000 + 32 * STUDY.sizes[STUDY.runs[run][0]].total_params(vocab) // 10**6
 
 

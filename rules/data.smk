@@ -5,15 +5,15 @@
 rule prepare_tokenizer:
     output:
         L.data.tokenizer_json,
+    log:
+        L.log("prepare_data", "tokenizer"),
+    conda:
+        "../envs/scaledyn.yaml"
+    resources:
+        **cluster(gpu=False),
     params:
         options=STUDY.data.to_json(),
         out=L.data.dir,
-    resources:
-        **cluster(gpu=False),
-    conda:
-        "../envs/scaledyn.yaml"
-    log:
-        L.log("prepare_data", "tokenizer"),
     shell:
         "scaledyn prepare-data --stage tokenizer --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"
 
@@ -23,15 +23,15 @@ rule prepare_slice:
         rules.prepare_tokenizer.output,
     output:
         L.data.slice_record("{slice}"),
+    log:
+        L.log("prepare_data", "slice_{slice}"),
+    conda:
+        "../envs/scaledyn.yaml"
+    resources:
+        **cluster(gpu=False),
     params:
         options=STUDY.data.to_json(),
         out=L.data.dir,
-    resources:
-        **cluster(gpu=False),
-    conda:
-        "../envs/scaledyn.yaml"
-    log:
-        L.log("prepare_data", "slice_{slice}"),
     shell:
         "scaledyn prepare-data --stage slice --slice {wildcards.slice:q} --options {params.options:q} --out {params.out:q}"
         " > {log:q} 2>&1"
@@ -45,14 +45,14 @@ rule prepare_data:
         eval=L.data.split("eval"),
         heldout=L.data.split("heldout"),
         excluded=L.data.excluded,
+    log:
+        L.log("prepare_data", "index"),
+    conda:
+        "../envs/scaledyn.yaml"
+    resources:
+        **cluster(gpu=False),
     params:
         options=STUDY.data.to_json(),
         out=L.data.dir,
-    resources:
-        **cluster(gpu=False),
-    conda:
-        "../envs/scaledyn.yaml"
-    log:
-        L.log("prepare_data", "index"),
     shell:
         "scaledyn prepare-data --stage index --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"

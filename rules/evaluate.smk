@@ -9,19 +9,21 @@ rule evaluate:
     output:
         sequences=L.losses.partition("sequences", "{run}", "{step}"),
         tokens=L.losses.partition("tokens", "{run}", "{step}"),
+    log:
+        L.log("evaluate", "{run}", "step_{step}"),
+    benchmark:
+        L.benchmark("evaluate", "{run}", "step_{step}")
+    conda:
+        "../envs/scaledyn.yaml"
+    resources:
+        **cluster(gpu=True),
+        gpu=SLURM["eval_gpus"],
     params:
         run_dir=lambda w: L.run(w.run).dir,
         data=L.data.dir,
         losses=L.losses.dir,
         options=STUDY.evaluate.to_json(),
         study=STUDY.cfg["study"],
-    resources:
-        **cluster(gpu=True),
-        gpu=SLURM["eval_gpus"],
-    conda:
-        "../envs/scaledyn.yaml"
-    log:
-        L.log("evaluate", "{run}", "step_{step}"),
     shell:
         "scaledyn evaluate --run-dir {params.run_dir:q} --step {wildcards.step:q} --data {params.data:q}"
         " --out {params.losses:q} --study {params.study:q} --force --options {params.options:q} > {log:q} 2>&1"
@@ -31,13 +33,14 @@ rule run_table:
     input:
         runs=[L.run(r).run_json for r in RUNS],
     output:
-        L.losses.run_table,
+        table=L.run_table,
+        schema=L.schema_doc,
+    log:
+        L.log("run_table"),
+    conda:
+        "../envs/scaledyn.yaml"
     params:
         dirs=[L.run(r).dir for r in RUNS],
         study=STUDY.cfg["study"],
-    conda:
-        "../envs/scaledyn.yaml"
-    log:
-        L.log("run_table"),
     shell:
-        "scaledyn run-table {params.dirs:q} --out {output:q} --study {params.study:q} > {log:q} 2>&1"
+        "scaledyn run-table {params.dirs:q} --out {output.table:q} --study {params.study:q} > {log:q} 2>&1"

@@ -6,14 +6,14 @@ rule fit_run:
         L.run("{run}").train_log,
     output:
         L.fit("{run}"),
-    params:
-        options=STUDY.fit.to_json(),
-    resources:
-        **cluster(gpu=False),
-    conda:
-        "../envs/scaledyn.yaml"
     log:
         L.log("fit", "{run}"),
+    conda:
+        "../envs/scaledyn.yaml"
+    resources:
+        **cluster(gpu=False),
+    params:
+        options=STUDY.fit.to_json(),
     shell:
         "scaledyn fit-curve {input:q} --out {output:q} --options {params.options:q} > {log:q} 2>&1"
 
@@ -26,10 +26,10 @@ rule fit_scaling:
         sizes=L.fit_sizes,
         trends=L.fit_trends,
         summary=L.fit_summary,
-    conda:
-        "../envs/scaledyn.yaml"
     log:
         L.log("fit", "scaling"),
+    conda:
+        "../envs/scaledyn.yaml"
     shell:
         "scaledyn fit-scaling --fits {input.fits:q} --runs {input.runs:q} --out-sizes {output.sizes:q}"
         " --out-trends {output.trends:q} --out-summary {output.summary:q} > {log:q} 2>&1"

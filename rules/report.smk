@@ -13,21 +13,34 @@ rule report:
         zsl=L.zsl_table,
         losses=[L.losses.partition("tokens", r, s) for r in RUNS for s in STEPS],
     output:
-        summary=report(L.report.summary, caption="../report/summary.rst", category="Summary"),
-        figures=[report(L.report.figure(n), caption=f"../report/{n}.rst", category="Figures") for n in FIGURES],
+        summary=L.report.summary,
+        summary_html=report(
+            L.report.summary_html, caption="../report/summary.rst", category="Summary"
+        ),
+        figures=[
+            report(
+                L.report.figure(n), caption=f"../report/{n}.rst", category="Figures"
+            )
+            for n in FIGURES
+        ],
         pdfs=[L.report.figure(n, "pdf") for n in FIGURES],
-        table=report(L.report.table("csv"), caption="../report/fits.rst", category="Tables"),
+        table=report(
+            L.report.table("csv"), caption="../report/fits.rst", category="Tables"
+        ),
+        table_html=report(
+            L.report.table("html"), caption="../report/fits.rst", category="Tables"
+        ),
         table_md=L.report.table("md"),
         table_tex=L.report.table("tex"),
+    log:
+        L.log("report"),
+    conda:
+        "../envs/scaledyn.yaml"
     params:
         run_dirs=[L.run(r).dir for r in RUNS],
         losses=L.losses.dir,
         out=L.report.dir,
         options=STUDY.report.to_json(),
-    conda:
-        "../envs/scaledyn.yaml"
-    log:
-        L.log("report"),
     shell:
         "scaledyn report --run-dirs {params.run_dirs:q} --fits {input.fits:q} --trends {input.trends:q}"
         " --zsl {input.zsl:q} --losses {params.losses:q} --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"

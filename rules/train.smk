@@ -10,19 +10,21 @@ rule train:
         run=L.run("{run}").run_json,
         log=L.run("{run}").train_log,
         markers=[L.run("{run}").marker(s) for s in STEPS],
-    params:
-        spec=lambda w: STUDY.run_spec(w.run).to_json(),
-    threads: 1
+    log:
+        L.log("train", "{run}"),
+    benchmark:
+        L.benchmark("train", "{run}")
     priority: 10  # the critical path: start every training run before evaluating finished ones
+    conda:
+        "../envs/scaledyn.yaml"
+    threads: 1
     resources:
         **cluster(gpu=True),
         gpu=lambda w: train_gpus(w.run),
         nodes=lambda w: train_nodes(w.run),
         runtime=lambda w, attempt: SLURM["train_runtime_min"] * attempt,
         mem_mb=lambda w, attempt: SLURM["train_mem_mb"] * attempt,
-    conda:
-        "../envs/scaledyn.yaml"
-    log:
-        L.log("train", "{run}"),
+    params:
+        spec=lambda w: STUDY.run_spec(w.run).to_json(),
     shell:
         "scaledyn launch --gpus {resources.gpu:q} --nodes {resources.nodes:q} -- train --spec {params.spec:q} > {log:q} 2>&1"

@@ -6,14 +6,14 @@ rule zsl_dtt:
         lambda w: [L.losses.partition("tokens", w.run, s) for s in STEPS],
     output:
         L.zsl_dtt("{run}"),
-    params:
-        losses=L.losses.dir,
-    resources:
-        **cluster(gpu=False),
-    conda:
-        "../envs/scaledyn.yaml"
     log:
         L.log("zsl", "dtt_{run}"),
+    conda:
+        "../envs/scaledyn.yaml"
+    resources:
+        **cluster(gpu=False),
+    params:
+        losses=L.losses.dir,
     shell:
         "scaledyn zsl-dtt --losses {params.losses:q} --run {wildcards.run:q} --out {output:q} > {log:q} 2>&1"
 
@@ -25,19 +25,21 @@ rule zsl_dt1:
     output:
         table=L.zsl_dt1("{run}", "{step}"),
         changes=L.change_partition("{run}", "{step}"),
+    log:
+        L.log("zsl", "dt1_{run}_{step}"),
+    benchmark:
+        L.benchmark("zsl_dt1", "{run}", "step_{step}")
+    conda:
+        "../envs/scaledyn.yaml"
+    resources:
+        **cluster(gpu=True),
+        gpu=SLURM["eval_gpus"],
+        mem_mb=lambda w: onestep_mem_mb(w.run),
     params:
         run_dir=lambda w: L.run(w.run).dir,
         data=L.data.dir,
         changes=L.changes,
         options=STUDY.zsl.to_json(),
-    resources:
-        **cluster(gpu=True),
-        gpu=SLURM["eval_gpus"],
-        mem_mb=lambda w: onestep_mem_mb(w.run),
-    conda:
-        "../envs/scaledyn.yaml"
-    log:
-        L.log("zsl", "dt1_{run}_{step}"),
     shell:
         "scaledyn zsl-dt1 --run-dir {params.run_dir:q} --step {wildcards.step:q} --data {params.data:q}"
         " --out {output.table:q} --changes {params.changes:q} --options {params.options:q} > {log:q} 2>&1"
@@ -49,9 +51,9 @@ rule zsl_merge:
         [L.zsl_dt1(r, s) for r in RUNS for s in DT1_STEPS],
     output:
         L.zsl_table,
-    conda:
-        "../envs/scaledyn.yaml"
     log:
         L.log("zsl", "merge"),
+    conda:
+        "../envs/scaledyn.yaml"
     shell:
         "scaledyn zsl-merge {input:q} --out {output:q} > {log:q} 2>&1"

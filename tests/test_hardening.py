@@ -180,7 +180,7 @@ def test_flipped_bytes_in_weights_are_refused_by_evaluate(short_run, tmp_path):
     weights.write_bytes(bytes(raw))
     with pytest.raises(checkpoint.CheckpointError, match=r"step_8: .* per-token losses .* not finite"):
         evaluate_checkpoint(spec.run_dir, 8, spec.data_dir, tmp_path / "losses")
-    assert not list((tmp_path / "losses").glob("*/run=*"))
+    assert not list((tmp_path / "losses").rglob("*.parquet"))
 
 
 def test_divergence_stops_training_with_its_own_exit_code(tiny_config, tiny_data, tmp_path):
@@ -212,7 +212,7 @@ def test_log_is_fsynced_before_a_checkpoint_is_complete(tiny_config, tiny_data, 
     monkeypatch.setattr(os, "fsync", spy)
     train(spec_for(tiny_config, tiny_data, tmp_path / "run", steps=8, checkpoint_steps=(4, 8), flush_every=100))
     log_syncs = [i for i, p in enumerate(calls) if p.endswith("state/train_log.csv")]
-    complete = [i for i, p in enumerate(calls) if "COMPLETE" in p or "trainer_state" in p]
+    complete = [i for i, p in enumerate(calls) if "COMPLETE" in p or checkpoint.STATE in p]
     assert log_syncs and complete and log_syncs[0] < complete[0]
 
 
@@ -260,9 +260,10 @@ def test_second_trainer_fails_at_once_naming_the_holder(tiny_config, tiny_data, 
 
 def read_everywhere(dataset: Path) -> set[int]:
     """Row counts from pandas, pyarrow, DuckDB and Polars (directory scans and ** globs)."""
-    counts = {len(pd.read_parquet(dataset)), ds.dataset(dataset, partitioning="hive").count_rows(),
-              duckdb.sql(f"SELECT count(*) FROM read_parquet('{dataset}/**/*', hive_partitioning=true)").fetchall()[0][0],
-              pl.scan_parquet(f"{dataset}/**/*.parquet", hive_partitioning=True).select(pl.len()).collect().item()}
+    counts = {len(pd.read_parquet(dataset)), ds.dataset(dataset, format="parquet").count_rows(),
+              duckdb.sql(f"SELECT count(*) FROM read_parquet('{dataset}/**/*')").fetchall()[0][0],
+              pl.scan_parquet(f"{dataset}/**/*.parquet").select(pl.len()).collect().item(),
+              pl.scan_parquet(dataset).select(pl.len()).collect().item()}
     return counts
 
 
@@ -309,7 +310,7 @@ def test_stale_temporaries_are_removed(short_run, tmp_path):
     train(dataclasses.replace(spec, steps=17, checkpoint_steps=(8, 16, 17)))
     assert not stale.exists()
     out = LossesPaths(tmp_path / "losses")
-    leftover = out.dir / ".staging" / "tokens.run=tiny-1k_s0.step=8.xyz.tmp"
+    leftover = out.dir / ".staging" / "tokens.tiny-1k_s0.step_8.xyz.tmp"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"PAR1 half a file")
     evaluate_checkpoint(spec.run_dir, 8, spec.data_dir, out.dir)
@@ -326,7 +327,7 @@ def test_outputs_follow_the_umask(tiny_config, tiny_data, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     paths = RunPaths(spec.run_dir)
     assert (paths.checkpoint(2).stat().st_mode & 0o777) == 0o775
-    for f in (paths.run_json, paths.train_log, paths.marker(2), paths.checkpoint(2) / "trainer_state.json"):
+    for f in (paths.run_json, paths.train_log, paths.marker(2), paths.checkpoint(2) / checkpoint.STATE):
         assert (f.stat().st_mode & 0o777) == 0o664, f
 
 
@@ -365,10 +366,10 @@ def test_damaged_checkpoint_state_is_one_line(short_run, tmp_path):
     out = scaledyn("zsl-dt1", "--run-dir", spec.run_dir, "--step", 16, "--data", spec.data_dir, "--out", tmp_path / "t.parquet",
                    "--changes", tmp_path / "c")
     assert out.returncode == 1 and "optimizer.pt does not fit" in out.stderr and "Traceback" not in out.stderr
-    (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt / checkpoint.STATE).write_text("{}")
     out = scaledyn("evaluate", "--run-dir", spec.run_dir, "--step", 16, "--data", spec.data_dir, "--out", tmp_path / "l")
-    assert out.returncode == 1 and "Traceback" not in out.stderr and "trainer_state.json" in out.stderr
-    with pytest.warns(UserWarning, match="step_16.*trainer_state.json lacks"):
+    assert out.returncode == 1 and "Traceback" not in out.stderr and checkpoint.STATE in out.stderr
+    with pytest.warns(UserWarning, match=f"step_16.*{checkpoint.STATE} lacks"):
         train(dataclasses.replace(spec, steps=17, checkpoint_steps=(8, 16, 17)))
 
 

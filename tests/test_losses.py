@@ -1,12 +1,14 @@
 import dataclasses
 import os
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 import tarfile
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -25,19 +27,21 @@ FP16 = dataclasses.replace(EvaluateOptions.defaults(), token_dtype="float16")
 
 def test_partition_layout_and_schema(tiny_study):
     root = tiny_study.losses.dir
-    parts = sorted(p.relative_to(root).as_posix() for p in root.glob("*/run=*/step=*/part-0.parquet"))
-    assert "tokens/run=tiny-1k_s0/step=64/part-0.parquet" in parts  # the documented layout, spelled out
-    assert "sequences/run=tiny-6k_s0/step=1/part-0.parquet" in parts
+    parts = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
+    assert "tokens/tiny-1k_s0/step_64.parquet" in parts  # the documented layout, spelled out
+    assert "sequences/tiny-6k_s0/step_1.parquet" in parts and len(parts) == 2 * 2 * 7
     f = tiny_study.losses.partition("tokens", "tiny-1k_s0", 64)
     assert pq.ParquetFile(f).metadata.row_group(0).column(0).compression == "ZSTD"
     assert pq.read_schema(f).remove_metadata().equals(losses.schema("tokens").remove_metadata())
+    assert all(f.metadata and b"description" in f.metadata for f in pq.read_schema(f))
     seq = losses.load(root, "sequences", runs=["tiny-1k_s0"], steps=[64])
     assert set(seq.columns) >= {"run", "size", "seed", "step", "tokens_seen", "split", "example_id", "loss", "n_tokens"}
     assert set(seq["split"]) == {"eval", "heldout"}
     assert (seq.groupby(["split", "example_id"]).size() == 1).all()  # exactly one row per example
     assert (seq["tokens_seen"] == 64 * 8 * 32).all() and (seq["n_tokens"] == 31).all()
-    assert tiny_study.losses.schema_doc.exists() and tiny_study.losses.run_table.exists()
-    runs = pq.read_table(tiny_study.losses.run_table).to_pandas()
+    assert tiny_study.schema_doc.exists() and tiny_study.run_table.exists()
+    assert all(f.metadata and b"description" in f.metadata for f in pq.read_schema(tiny_study.run_table))
+    runs = pq.read_table(tiny_study.run_table).to_pandas()
     assert list(runs["run"]) == ["tiny-1k_s0", "tiny-6k_s0"] and (runs["non_embedding_params"] > 0).all()
 
 
@@ -57,15 +61,44 @@ def test_losses_match_the_models_own_loss(tiny_study):
             assert seq.loc[i, "loss"] == pytest.approx(hf_loss, rel=1e-5)
 
 
-def test_plain_readers_open_the_dataset(tiny_study):
-    root = tiny_study.losses.dir
-    n = duckdb.connect().execute(
-        f"SELECT count(*) FROM read_parquet('{root}/tokens/**/*.parquet', hive_partitioning=true) "
-        "WHERE run = 'tiny-1k_s0' AND step = 64 AND split = 'eval'"
-    ).fetchone()[0]
+TYPES = {"run": "string", "step": "int64", "example_id": "int64", "loss": "float32"}
+
+
+def five_readers(folder: Path) -> dict[str, tuple[int, dict]]:
+    """Row count and the key columns' types, as five tools see a granularity folder, plain calls."""
+    import datasets
+    import polars as pl
+
+    pdf = pd.read_parquet(folder)
+    pa_t = ds.dataset(folder, format="parquet", schema=pq.read_schema(next(folder.rglob("*.parquet")))).to_table()
+    duck = duckdb.sql(f"SELECT * FROM read_parquet('{folder}/**/*.parquet')")
+    pol = pl.scan_parquet(f"{folder}/**/*.parquet")
+    hf = datasets.load_dataset("parquet", data_files=f"{folder}/**/*.parquet", split="train")
+    spelling = {"str": "string", "String": "string", "VARCHAR": "string", "large_string": "string",
+                "Int64": "int64", "BIGINT": "int64", "Float32": "float32", "FLOAT": "float32", "float": "float32"}
+    canon = lambda t: spelling.get(str(t), str(t))  # noqa: E731  each tool's name for the same type
+    return {
+        "pandas": (len(pdf), {c: canon(pdf[c].dtype) for c in TYPES}),
+        "pyarrow": (pa_t.num_rows, {c: canon(pa_t.schema.field(c).type) for c in TYPES}),
+        "duckdb": (duck.count("*").fetchall()[0][0], {c: canon(t) for c, t in zip(duck.columns, duck.types) if c in TYPES}),
+        "polars": (pol.select(pl.len()).collect().item(), {c: canon(t) for c, t in pol.collect_schema().items() if c in TYPES}),
+        "datasets": (len(hf), {c: canon(hf.features[c].dtype) for c in TYPES}),
+    }
+
+
+@pytest.mark.parametrize("granularity", ["sequences", "tokens"])
+def test_five_readers_agree(tiny_study, granularity):
+    seen = five_readers(tiny_study.losses.dataset(granularity))
+    counts = {tool: n for tool, (n, _) in seen.items()}
+    expected = 2 * 7 * (24 + 16) * (31 if granularity == "tokens" else 1)
+    assert set(counts.values()) == {expected}, counts
+    for tool, (_, types) in seen.items():
+        assert types == TYPES, (tool, types)
+    df = pd.read_parquet(tiny_study.losses.dataset(granularity))
+    assert list(np.sort(df["step"].unique())) == [1, 2, 4, 8, 16, 32, 64]  # numeric, not categorical order
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{tiny_study.losses.dir}/tokens/**/*.parquet') "
+                   "WHERE run = 'tiny-1k_s0' AND step = 64 AND split = 'eval'").fetchall()[0][0]
     assert n == 24 * 31
-    table = ds.dataset(tiny_study.losses.dataset("sequences"), partitioning="hive").to_table()
-    assert table.num_rows == 2 * 7 * (24 + 16)
 
 
 def test_rerun_skips_and_force_rewrites(tiny_study, tmp_path):
@@ -120,9 +153,18 @@ def test_corrupt_checkpoint_is_named(tiny_study, tmp_path):
 
 
 def test_export_archive_opens_without_the_workflow(tiny_study, tmp_path):
-    out = losses.export(tiny_study.losses.dir, tmp_path / "share.tar.gz", runs=["tiny-6k_s0"])
+    out = losses.export(tiny_study.root, tmp_path / "share.tar.gz", runs=["tiny-6k_s0"])
     with tarfile.open(out) as tar:
         tar.extractall(tmp_path / "x", filter="data")
-    assert (tmp_path / "x" / "schema.json").exists() and (tmp_path / "x" / "README.md").exists()
-    t = ds.dataset(tmp_path / "x" / "tokens", partitioning="hive").to_table()
-    assert set(t.column("run").to_pylist()) == {"tiny-6k_s0"}
+    x = tmp_path / "x"
+    assert (x / "schema.json").exists() and (x / "README.md").exists() and (x / "runs.parquet").exists()
+    assert set(pd.read_parquet(x / "tokens")["run"]) == {"tiny-6k_s0"}
+    back = losses.read_export(out)  # scaledyn reads its own archive back
+    ex = back.examples
+    assert len(ex) == 24 + 16 and set(ex["split"]) == {"eval", "heldout"}
+    tok = back.tokenizer()
+    data = TokenData.open(tiny_study.data.dir)
+    assert list(ex.iloc[0]["token_ids"]) == list(data.split("eval")[0])
+    assert tok.decode(list(ex.iloc[0]["token_ids"]))  # the colleague can read what the losses are of
+    seq = back.load("sequences", runs=["tiny-6k_s0"], steps=[64])
+    assert len(seq) == 24 + 16 and back.runs["run"].tolist() == ["tiny-1k_s0", "tiny-6k_s0"]

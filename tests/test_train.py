@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scaledyn import checkpoint
 from scaledyn.config import load_study
@@ -108,6 +108,8 @@ def test_checkpoints_load_with_automodel_and_keep_optimizer_only_where_needed(tm
     for s in spec.checkpoint_steps:
         model = AutoModelForCausalLM.from_pretrained(paths.checkpoint(s))
         assert model.config.tie_word_embeddings
+        tok = AutoTokenizer.from_pretrained(paths.checkpoint(s))  # complete for push_to_hub
+        assert tok.decode(tok("import os")["input_ids"]) == "import os"
         assert json.loads(paths.marker(s).read_text())["step"] == s
     with_opt = [s for s in spec.checkpoint_steps if (paths.checkpoint(s) / "optimizer.pt").exists()]
     assert with_opt == [4, 16]  # the one-step analysis' checkpoint and the newest (for resuming)

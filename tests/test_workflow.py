@@ -1,6 +1,7 @@
 """The workflow itself: lint, planning, incremental reruns (checked on `snakemake -n` summaries)."""
 
 import copy
+from pathlib import Path
 import re
 import subprocess
 import sys
@@ -11,6 +12,12 @@ from conftest import REPO, TINY, run_workflow
 def planned(proc) -> dict[str, int]:
     stats = proc.stdout.split("Job stats:")[-1]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M) if m.group(1) != "total"}
+
+
+def test_rules_are_snakefmt_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_lint_is_clean():
@@ -77,3 +84,40 @@ def test_paper_preset_stands_alone():
     assert '"threads": null' in spec  # config.yaml's threads: 1 would be here if it leaked
     data = re.search(r"prepare-data --stage tokenizer --options '(\{.*?\})'", proc.stdout).group(1)
     assert data == study.data.to_json()
+
+
+def test_conda_env_installs_scaledyn_from_the_workflow_source(tmp_path):
+    """Snakemake copies envs/scaledyn.yaml to .snakemake/conda/<hash>.yaml (conda resolves relative
+    paths from there) and runs <hash>.post-deploy.sh with `sh`, in the new environment, from its
+    working directory. Done the same way here, with a stand-in python that records its arguments."""
+    import os
+    import shutil
+
+    import yaml
+
+    env = yaml.safe_load((REPO / "envs" / "scaledyn.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert all(not p.startswith(("-e", ".", "/", "file:")) and "==" in p for p in pip)  # pinned, nothing relative
+    conda = tmp_path / "work" / ".snakemake" / "conda"
+    conda.mkdir(parents=True)
+    shutil.copy(REPO / "envs" / "scaledyn.yaml", conda / "0123abcd.yaml")
+    shutil.copy(REPO / "envs" / "scaledyn.post-deploy.sh", conda / "0123abcd.post-deploy.sh")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text('#!/bin/sh\necho "$PWD" > "$RECORD"; echo "$@" >> "$RECORD"\n')
+    (fake / "python").chmod(0o755)
+    record = tmp_path / "record"
+    snakefile = (REPO / "Snakefile").read_text()
+    assert 'os.environ["SCALEDYN_SOURCE"] = workflow.basedir' in snakefile  # what the script reads
+    script = conda / "0123abcd.post-deploy.sh"
+    shebang = script.read_text().splitlines()[0]
+    interpreter = shebang[2:].split() if shebang.startswith("#!") else ["sh"]  # as Snakemake chooses it
+    subprocess.run([*interpreter, str(script)], cwd=tmp_path / "work", check=True,
+                   env={"PATH": f"{fake}:{os.environ['PATH']}", "SCALEDYN_SOURCE": str(REPO), "RECORD": str(record)})
+    cwd, args = record.read_text().splitlines()
+    target = args.split()[-1]
+    assert args.startswith("-m pip install --no-deps") and cwd == str(tmp_path / "work")
+    assert Path(target) == REPO and (Path(target) / "pyproject.toml").exists()
+    missing = subprocess.run([*interpreter, str(script)], cwd=tmp_path / "work", capture_output=True,
+                             text=True, env={"PATH": f"{fake}:{os.environ['PATH']}", "RECORD": str(record)})
+    assert missing.returncode != 0 and "SCALEDYN_SOURCE" in missing.stderr

@@ -31,11 +31,13 @@ from safetensors.torch import load_file
 
 from . import atomic
 from .errors import CheckpointError, WriteError
-from .layout import RunPaths
+from .layout import DataPaths, RunPaths
 from .optim import depends_on_total
 from .options import RunSpec
 
 COMPLETE = "COMPLETE"
+STATE = "scaledyn_state.json"
+OLD_STATE = "trainer_state.json"  # the name before: it collided with HF Trainer's file of another layout
 
 
 class SpecMismatch(CheckpointError):
@@ -53,14 +55,19 @@ def complete_steps(paths: RunPaths) -> list[int]:
 STATE_KEYS = ("step", "tokens_seen", "run", "spec")
 
 
+def state_file(path: Path) -> Path:
+    return path / STATE if (path / STATE).exists() or not (path / OLD_STATE).exists() else path / OLD_STATE
+
+
 def read_state(path: Path) -> dict:
+    file = state_file(path)
     try:
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {path}: trainer_state.json is unreadable ({e})") from None
+        raise CheckpointError(f"checkpoint {path}: {file.name} is unreadable ({e})") from None
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
-        raise CheckpointError(f"checkpoint {path}: trainer_state.json lacks {', '.join(missing)}")
+        raise CheckpointError(f"checkpoint {path}: {file.name} lacks {', '.join(missing)}")
     return state
 
 
@@ -137,6 +144,7 @@ class Checkpointer:
     def __init__(self, spec: RunSpec, counts: dict):
         """`counts`: the model's parameter counts, recorded in every checkpoint's trainer state."""
         self.spec, self.paths, self.counts = spec, RunPaths(spec.run_dir), counts
+        self.tokenizer = DataPaths(spec.data_dir).tokenizer
         self.scheduled = set(spec.checkpoint_steps)
 
     def save(self, step: int, kind: str, model, optimizer) -> Path:
@@ -147,9 +155,11 @@ class Checkpointer:
         try:
             with atomic.atomic_dir(path) as tmp:
                 model.save_pretrained(tmp, safe_serialization=True)
+                for f in self.tokenizer.iterdir():
+                    shutil.copy2(f, tmp / f.name)
                 torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
                 torch.save(rng_state(), tmp / "rng.pt")
-                atomic.write_json(tmp / "trainer_state.json", state)
+                atomic.write_json(tmp / STATE, state)
                 (tmp / COMPLETE).write_text("")
         except Exception as e:  # torch reports a full disk as RuntimeError("unexpected pos"), safetensors as its own
             full = shutil.disk_usage(self.paths.checkpoints).free < 1 << 20
@@ -164,7 +174,7 @@ class Checkpointer:
     def mark(self, step: int) -> None:
         """(Re)write the workflow marker; its mtime is the checkpoint's, so downstream jobs stay valid."""
         path, marker = self.paths.checkpoint(step), self.paths.marker(step)
-        atomic.write_text(marker, (path / "trainer_state.json").read_text())
+        atomic.write_text(marker, state_file(path).read_text())
         t = (path / COMPLETE).stat().st_mtime
         os.utime(marker, (t, t))
 

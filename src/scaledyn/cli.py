@@ -90,7 +90,7 @@ def cmd_run_table(args) -> None:
 def cmd_export(args) -> None:
     from .losses import export
 
-    print(export(args.losses, args.out, runs=args.runs))
+    print(export(args.results, args.out, runs=args.runs))
 
 
 def cmd_fit_curve(args) -> None:
@@ -197,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="runs.parquet to write")
     sp.add_argument("--study", default="", help="study name")
 
-    sp = add("export", cmd_export, "Pack the losses dataset, run table and schema for sharing.")
-    sp.add_argument("--losses", required=True, help="losses dataset root")
+    sp = add("export", cmd_export, "Pack the loss datasets, run table, schema, tokenizer and example token ids for sharing.")
+    sp.add_argument("--results", required=True, help="the study's results directory")
     sp.add_argument("--out", required=True, help="directory, or a .tar/.tar.gz/.zip archive")
     sp.add_argument("--runs", nargs="*", help="only these runs")
 

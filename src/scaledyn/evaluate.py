@@ -9,7 +9,6 @@ from __future__ import annotations
 
 
 import numpy as np
-import pyarrow as pa
 import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
@@ -34,27 +33,26 @@ def per_token_losses(model, tokens: np.ndarray, batch_size: int, device, autocas
     return out
 
 
-def _tables(split_losses: dict, meta: dict, token_dtype: str) -> tuple[pa.Table, pa.Table]:
-    seq_cols = {k: [] for k in ("size", "seed", "tokens_seen", "split", "example_id", "loss", "n_tokens")}
-    tok_cols = {k: [] for k in ("split", "example_id", "position", "loss")}
+def _columns(split_losses: dict, meta: dict, token_dtype: str) -> tuple[dict, dict]:
+    """Column arrays of the sequences and tokens files (run and step are added by the writer)."""
+    seq = {k: [] for k in ("size", "seed", "tokens_seen", "split", "example_id", "loss", "n_tokens")}
+    tok = {k: [] for k in ("split", "example_id", "position", "loss")}
     for split, (ids, loss) in split_losses.items():
         n, s = loss.shape
-        seq_cols["size"] += [meta["size"]] * n
-        seq_cols["seed"].append(np.full(n, meta["seed"], np.int32))
-        seq_cols["tokens_seen"].append(np.full(n, meta["tokens_seen"], np.int64))
-        seq_cols["split"] += [split] * n
-        seq_cols["example_id"].append(ids)
-        seq_cols["loss"].append(loss.mean(axis=1, dtype=np.float64).astype(np.float32))
-        seq_cols["n_tokens"].append(np.full(n, s, np.int32))
+        seq["size"] += [meta["size"]] * n
+        seq["seed"].append(np.full(n, meta["seed"], np.int32))
+        seq["tokens_seen"].append(np.full(n, meta["tokens_seen"], np.int64))
+        seq["split"] += [split] * n
+        seq["example_id"].append(ids)
+        seq["loss"].append(loss.mean(axis=1, dtype=np.float64).astype(np.float32))
+        seq["n_tokens"].append(np.full(n, s, np.int32))
         example_id, position = losses.token_index(ids, s)
-        tok_cols["split"] += [split] * (n * s)
-        tok_cols["example_id"].append(example_id)
-        tok_cols["position"].append(position)
-        tok_cols["loss"].append(loss.reshape(-1).astype(token_dtype))
+        tok["split"] += [split] * (n * s)
+        tok["example_id"].append(example_id)
+        tok["position"].append(position)
+        tok["loss"].append(loss.reshape(-1).astype(token_dtype))
     cat = lambda v: v if isinstance(v, list) and (not v or isinstance(v[0], str)) else np.concatenate(v)  # noqa: E731
-    seq = pa.Table.from_pydict({k: cat(v) for k, v in seq_cols.items()}, schema=losses.schema("sequences"))
-    tok = pa.Table.from_pydict({k: cat(v) for k, v in tok_cols.items()}, schema=losses.schema("tokens", token_dtype))
-    return seq, tok
+    return {k: cat(v) for k, v in seq.items()}, {k: cat(v) for k, v in tok.items()}
 
 
 def evaluate_checkpoint(run_dir, step: int, data_dir, out, options: EvaluateOptions | None = None, study: str = "",
@@ -96,8 +94,8 @@ def evaluate_checkpoint(run_dir, step: int, data_dir, out, options: EvaluateOpti
                 raise CheckpointError(f"checkpoint {ckpt}: {bad:,} of {loss.size:,} per-token losses on the {name} set are "
                                       "not finite (damaged weights, or a diverged run); nothing written")
         meta = {"size": state["spec"]["size"]["name"], "seed": state["spec"]["seed"], "tokens_seen": state["tokens_seen"]}
-        seq, tok = _tables(results, meta, options.token_dtype)
-        losses.write_partition(out.dataset("tokens"), run, step, tok)
-        losses.write_partition(out.dataset("sequences"), run, step, seq)
+        seq, tok = _columns(results, meta, options.token_dtype)
+        losses.write_partition(out.dataset("tokens"), run, step, tok, "tokens", options.token_dtype)
+        losses.write_partition(out.dataset("sequences"), run, step, seq, "sequences")
     acc.wait_for_everyone()
     return True

@@ -3,12 +3,13 @@ ask here and assemble no path of their own.
 
     <results>/data/            manifest.json, tokenizer/, token arrays          (DataPaths)
     <results>/runs/<run>/      run.json, train_log.csv, checkpoints/, state/    (RunPaths)
-    <results>/losses/          sequences/ and tokens/: hive-partitioned Parquet (run=, step=);
-                               runs.parquet (one row per run), schema.json (every column)
-    <results>/zsl/             zsl.parquet (all metrics), dtt/, dt1/, changes/ (hive, like losses)
+    <results>/losses/          sequences/ and tokens/: one Parquet file per (run, checkpoint)
+    <results>/runs.parquet     one row per run; <results>/schema.json documents every table
+    <results>/zsl/             zsl.parquet (all metrics), dtt/, dt1/, changes/ (laid out like losses)
     <results>/fits/            <run>.json, sizes.csv, trends.json, scaling.txt
     <results>/report/          figures, tables, summary
     <results>/logs/            one log per job
+    <results>/benchmarks/      Snakemake's time and memory of every train, evaluate and one-step job
 
 Methods take wildcard strings too, so a rule writes `L.fit("{run}")`.
 """
@@ -21,8 +22,13 @@ GRANULARITIES = ("sequences", "tokens")
 
 
 def partition(root: str | Path, run: str, step: int | str) -> Path:
-    """The one file of a hive-partitioned dataset for (run, step)."""
-    return Path(root) / f"run={run}" / f"step={step}" / "part-0.parquet"
+    """The one file of a per-example dataset for (run, step); run and step are also its columns."""
+    return Path(root) / run / f"step_{step}.parquet"
+
+
+def partition_steps(root: str | Path, run: str) -> list[int]:
+    """The steps a dataset holds for `run`, ascending."""
+    return sorted(int(p.stem[5:]) for p in (Path(root) / run).glob("step_*.parquet") if p.stem[5:].isdigit())
 
 
 def staging(dataset: str | Path) -> Path:
@@ -36,8 +42,6 @@ class LossesPaths:
 
     def __init__(self, root: str | Path):
         self.dir = Path(root)
-        self.run_table = self.dir / "runs.parquet"
-        self.schema_doc = self.dir / "schema.json"
 
     def dataset(self, granularity: str) -> Path:
         return self.dir / granularity
@@ -50,6 +54,7 @@ class ReportPaths:
     def __init__(self, root: str | Path):
         self.dir = Path(root)
         self.summary = self.dir / "summary.md"
+        self.summary_html = self.dir / "summary.html"  # what the Snakemake report shows inline
 
     def figure(self, name: str, ext: str = "png") -> Path:
         return self.dir / f"{name}.{ext}"
@@ -114,6 +119,8 @@ class Layout:
         self.root = Path(root)
         self.data = DataPaths(self.root / "data")
         self.losses = LossesPaths(self.root / "losses")
+        self.run_table = self.root / "runs.parquet"
+        self.schema_doc = self.root / "schema.json"  # written beside the run table
         self.zsl = self.root / "zsl"
         self.zsl_table = self.zsl / "zsl.parquet"
         self.changes = self.zsl / "changes"
@@ -142,3 +149,7 @@ class Layout:
     def log(self, *parts: str) -> Path:
         """logs/<parts...>.log, e.g. log("train", "{run}")."""
         return self.logs.joinpath(*parts[:-1], f"{parts[-1]}.log")
+
+    def benchmark(self, *parts: str) -> Path:
+        """benchmarks/<parts...>.tsv: Snakemake's wall time, memory and I/O of one job."""
+        return (self.root / "benchmarks").joinpath(*parts[:-1], f"{parts[-1]}.tsv")

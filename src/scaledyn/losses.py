@@ -1,19 +1,24 @@
-"""The per-example loss dataset: the one Parquet writer, its schema, and the plain reader.
+"""The per-example loss dataset: the one Parquet writer, its schema, the reader, and the export.
 
-Layout (hive partitions, zstd; partition columns live in the directory names, not the files):
+One dataset per granularity, one zstd Parquet file per (run, checkpoint):
 
-    <losses>/sequences/run=<run>/step=<step>/part-0.parquet   one row per (split, example)
-    <losses>/tokens/run=<run>/step=<step>/part-0.parquet      one row per (split, example, position)
-    <losses>/runs.parquet                                     one row per run
-    <losses>/schema.json                                      the schema below, machine-readable
+    <losses>/sequences/<run>/step_<step>.parquet   one row per (split, example)
+    <losses>/tokens/<run>/step_<step>.parquet      one row per (split, example, position)
 
-Any Parquet reader opens it: pyarrow.dataset, pandas, DuckDB (`hive_partitioning=true`), Polars.
+Every file holds its `run` and `step` as columns. The folders are not named `run=<run>` (hive
+style) on purpose: with hive folder names, pandas and pyarrow infer those columns from the path
+(as unordered categoricals and int32) and refuse the same columns in the files, while
+`datasets` drops them. With the columns in the files, pandas, pyarrow, DuckDB, Polars and HF
+`datasets` all read a granularity folder directly, with the types documented here, and filters on
+run and step still skip files by their row-group statistics.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +27,30 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from . import atomic
-from .errors import SchemaMismatch
+from .errors import DataError, SchemaMismatch
 from .hashing import sha256
-from .layout import GRANULARITIES, LossesPaths, RunPaths, partition, staging
+from .layout import GRANULARITIES, DataPaths, Layout, LossesPaths, RunPaths, partition, partition_steps, staging
 
-PARTITIONING = pa.schema([("run", pa.string()), ("step", pa.int64())])
+KEYS = [("run", pa.string(), "run name, <size>_s<seed>"),
+        ("step", pa.int64(), "training step of the checkpoint (0 = before training)")]
 
 FIELDS = {
-    "sequences": [
+    "sequences": KEYS + [
         ("size", pa.string(), "model size name"),
         ("seed", pa.int32(), "model-initialisation seed"),
         ("tokens_seen", pa.int64(), "training tokens consumed up to this checkpoint"),
         ("split", pa.string(), "'eval' (fixed evaluation set) or 'heldout' (held-out training batches)"),
-        ("example_id", pa.int64(), "global sequence id, fixed at data preparation (see data manifest)"),
+        ("example_id", pa.int64(), "global sequence id, fixed at data preparation (see examples.parquet)"),
         ("loss", pa.float32(), "mean next-token cross-entropy over the sequence, nats"),
         ("n_tokens", pa.int32(), "number of predicted tokens in the sequence (seq_len - 1)"),
     ],
-    "tokens": [
+    "tokens": KEYS + [
         ("split", pa.string(), "'eval' or 'heldout'"),
         ("example_id", pa.int64(), "global sequence id"),
         ("position", pa.int32(), "index of the predicted token within the sequence (1 .. seq_len - 1)"),
         ("loss", pa.float32(), "next-token cross-entropy, nats (float16 when evaluate.token_dtype is float16)"),
     ],
-    "changes": [
+    "changes": KEYS + [
         ("batch", pa.int32(), "held-out batch that the one optimizer step used"),
         ("split", pa.string(), "'heldout' (that batch) or 'eval'"),
         ("example_id", pa.int64(), "global sequence id"),
@@ -52,23 +58,29 @@ FIELDS = {
         ("delta", pa.float32(), "loss after the step minus loss before, nats"),
         ("predicted", pa.float32(), "first-order prediction grad(loss) . dtheta (JVP); NaN where not computed"),
     ],
+    "runs": [
+        ("run", pa.string(), "run name, <size>_s<seed>"),
+        ("study", pa.string(), "study name"),
+        ("size", pa.string(), "size name"),
+        ("seed", pa.int32(), "initialisation seed"),
+        ("total_params", pa.int64(), "trainable parameters, tied embedding counted once"),
+        ("non_embedding_params", pa.int64(), "trainable parameters outside the embedding"),
+        ("d_model", pa.int32(), "model width"),
+        ("n_layers", pa.int32(), "transformer blocks"),
+        ("n_heads", pa.int32(), "attention heads"),
+        ("vocab_size", pa.int32(), "embedding rows"),
+        ("steps", pa.int64(), "optimizer steps"),
+        ("tokens_per_step", pa.int64(), "global batch in tokens"),
+        ("config_hash", pa.string(), "sha256 (16 hex) of the run spec"),
+        ("data_manifest_sha256", pa.string(), "sha256 of the data manifest"),
+    ],
+    "examples": [
+        ("split", pa.string(), "'eval' or 'heldout'"),
+        ("example_id", pa.int64(), "global sequence id, as in the loss datasets"),
+        ("token_ids", pa.list_(pa.int32()), "the sequence's token ids (tokenizer/ decodes them); losses are for "
+                                            "predicting token position p from positions < p"),
+    ],
 }
-RUN_FIELDS = [
-    ("run", pa.string(), "run name, <size>_s<seed>"),
-    ("study", pa.string(), "study name"),
-    ("size", pa.string(), "size name"),
-    ("seed", pa.int32(), "initialisation seed"),
-    ("total_params", pa.int64(), "trainable parameters, tied embedding counted once"),
-    ("non_embedding_params", pa.int64(), "trainable parameters outside the embedding"),
-    ("d_model", pa.int32(), ""),
-    ("n_layers", pa.int32(), ""),
-    ("n_heads", pa.int32(), ""),
-    ("vocab_size", pa.int32(), "embedding rows"),
-    ("steps", pa.int64(), "optimizer steps"),
-    ("tokens_per_step", pa.int64(), "global batch in tokens"),
-    ("config_hash", pa.string(), "sha256 (16 hex) of the run spec"),
-    ("data_manifest_sha256", pa.string(), "sha256 of the data manifest"),
-]
 
 
 def schema(granularity: str, token_dtype: str = "float32") -> pa.Schema:
@@ -78,39 +90,48 @@ def schema(granularity: str, token_dtype: str = "float32") -> pa.Schema:
     return pa.schema(fields)
 
 
+def described(table: pa.Table, descriptions: dict[str, str]) -> pa.Table:
+    """The table with a description in every column's metadata (where one is known)."""
+    fields = [f.with_metadata({"description": descriptions[f.name]}) if f.name in descriptions else f for f in table.schema]
+    return table.cast(pa.schema(fields))
+
+
 def token_index(ids: np.ndarray, positions: int) -> tuple[np.ndarray, np.ndarray]:
     """(example_id, position) columns of per-token rows: every id repeated for positions 1..n."""
     return np.repeat(ids, positions), np.tile(np.arange(1, positions + 1, dtype=np.int32), len(ids))
 
 
 def _existing_schema(dataset: Path, exclude: Path) -> pa.Schema | None:
-    for f in sorted(dataset.glob("run=*/step=*/part-0.parquet")):
+    for f in sorted(dataset.glob("*/step_*.parquet")):
         if f != exclude:
             return pq.read_schema(f)
     return None
 
 
-def write_partition(dataset: str | Path, run: str, step: int, table: pa.Table) -> Path:
-    """Atomically write the (run, step) partition of `dataset` (a granularity folder) after checking
-    that it matches the dataset's schema; the schema document beside it is kept up to date."""
+def write_partition(dataset: str | Path, run: str, step: int, columns: dict, granularity: str,
+                    token_dtype: str = "float32") -> Path:
+    """Atomically write the (run, step) file of `dataset` (a granularity folder): `columns` plus
+    run and step, with the granularity's schema, after checking that it matches the dataset's."""
     dataset = Path(dataset)
+    n = len(next(iter(columns.values())))
+    table = pa.Table.from_pydict({"run": [run] * n, "step": np.full(n, step, np.int64), **columns},
+                                 schema=schema(granularity, token_dtype))
     path = partition(dataset, run, step)
     existing = _existing_schema(dataset, path)
     if existing is not None and not existing.remove_metadata().equals(table.schema.remove_metadata()):
         raise SchemaMismatch(
-            f"{dataset}: new rows for run={run} step={step} have schema {table.schema.remove_metadata()} "
+            f"{dataset}: new rows for run {run} step {step} have schema {table.schema.remove_metadata()} "
             f"but the dataset has {existing.remove_metadata()}; write to a new dataset or convert it"
         )
-    tag = f"{dataset.name}.run={run}.step={step}."
-    atomic.remove_stale(staging(dataset), tag)  # left by a killed writer of this very partition
+    tag = f"{dataset.name}.{run}.step_{step}."
+    atomic.remove_stale(staging(dataset), tag)  # left by a killed writer of this very file
     with atomic.atomic_path(path, staging(dataset), tag) as tmp:
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=["split"], write_statistics=True)
-    write_schema_doc(dataset.parent)
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=["run", "split"], write_statistics=True)
     return path
 
 
 def check_writable(dataset: str | Path) -> None:
-    """Fail now, with the OS's reason, if partitions of `dataset` cannot be written (before a long
+    """Fail now, with the OS's reason, if files of `dataset` cannot be written (before a long
     computation, not after it)."""
     folder = staging(dataset)
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,27 +140,24 @@ def check_writable(dataset: str | Path) -> None:
     (folder / "probe").unlink()
 
 
-def write_schema_doc(root) -> None:
-    doc = {
-        "partitioning": {"flavor": "hive", "fields": {"run": "string", "step": "int64"}},
-        "compression": "zstd",
-        **{g: {n: {"type": str(t), "description": d} for n, t, d in FIELDS[g]} for g in FIELDS
-           if LossesPaths(root).dataset(g).is_dir()},
-        "runs": {n: {"type": str(t), "description": d} for n, t, d in RUN_FIELDS},
-    }
-    path = LossesPaths(root).schema_doc
-    text = json.dumps(doc, indent=2) + "\n"
-    if not path.exists() or path.read_text() != text:
-        atomic.write_text(path, text)
+def schema_doc() -> dict:
+    from .zsl import DESCRIPTIONS
+
+    return {"layout": "one zstd Parquet file per (run, checkpoint): <granularity>/<run>/step_<step>.parquet; "
+                      "run and step are columns of every file",
+            **{g: {n: {"type": str(t), "description": d} for n, t, d in f} for g, f in FIELDS.items()},
+            "zsl": DESCRIPTIONS}
 
 
 def dataset(root, granularity: str = "sequences") -> ds.Dataset:
-    return ds.dataset(LossesPaths(root).dataset(granularity), format="parquet",
-                      partitioning=ds.partitioning(PARTITIONING, flavor="hive"))
+    path = LossesPaths(root).dataset(granularity)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such dataset")
+    return ds.dataset(path, format="parquet")
 
 
 def load(root, granularity: str = "sequences", runs=None, steps=None, splits=None, columns=None, arrow: bool = False):
-    """Read a slice of the loss dataset; the filters are pushed down to partitions and row groups.
+    """Read a slice of the loss dataset; the filters skip files by their statistics.
 
     >>> load("results/losses", "tokens", runs=["tiny-11k_s0"], steps=[64], splits=["eval"])
     """
@@ -150,6 +168,10 @@ def load(root, granularity: str = "sequences", runs=None, steps=None, splits=Non
             filt = expr if filt is None else filt & expr
     table = dataset(root, granularity).to_table(columns=columns, filter=filt)
     return table if arrow else table.to_pandas()
+
+
+def steps_of(root, granularity: str, run: str) -> list[int]:
+    return partition_steps(LossesPaths(root).dataset(granularity), run)
 
 
 def write_run_table(run_dirs, out, study: str = "") -> pa.Table:
@@ -163,37 +185,59 @@ def write_run_table(run_dirs, out, study: str = "") -> pa.Table:
             "vocab_size": meta["vocab_size"], "steps": meta["steps"], "tokens_per_step": meta["tokens_per_step"],
             "config_hash": sha256(meta["spec"])[:16], "data_manifest_sha256": meta["data_manifest_sha256"],
         })
-    table = pa.Table.from_pylist(rows, schema=pa.schema([(n, t) for n, t, _ in RUN_FIELDS]))
+    table = pa.Table.from_pylist(rows, schema=schema("runs"))
     with atomic.atomic_path(out) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+    atomic.write_json(Path(out).with_name("schema.json"), schema_doc())
     return table
 
 
-def export(root, out, runs=None) -> Path:
-    """Pack dataset + run table + schema (+ a README) into a directory or .tar.gz/.zip archive."""
-    root, out = Path(root), Path(out)
+# ----------------------------------------------------------------------------- sharing
+
+
+CARD = """# Per-example losses (scaledyn export)
+
+Losses of every evaluation and held-out example at every checkpoint of the runs in `runs.parquet`.
+`schema.json` documents every column; every Parquet file carries the same descriptions.
+
+    sequences/<run>/step_<step>.parquet   one row per (split, example): mean loss over the sequence
+    tokens/<run>/step_<step>.parquet      one row per (split, example, position)
+    examples.parquet                      the token ids of every example (split, example_id, token_ids)
+    tokenizer/                            AutoTokenizer.from_pretrained("tokenizer") decodes them
+    runs.parquet                          one row per run: size, seed, parameter counts, hashes
+
+Read a granularity folder with any Parquet reader; run and step are columns of every file:
+
+    pandas     pd.read_parquet("tokens")
+    pyarrow    pyarrow.dataset.dataset("tokens", format="parquet")
+    DuckDB     SELECT * FROM read_parquet('tokens/**/*.parquet')
+    Polars     pl.scan_parquet("tokens/**/*.parquet")
+    datasets   load_dataset("parquet", data_files="tokens/**/*.parquet")
+    scaledyn   scaledyn.losses.read_export("<this folder or archive>")
+"""
+
+
+def export(results, out, runs=None) -> Path:
+    """Pack a study's loss datasets, run table, schema, tokenizer and example token ids (plus a
+    README card) into a directory or a .tar.gz/.tar/.zip archive."""
+    layout, out = Layout(results), Path(out)
     archive = next((fmt for suf, fmt in ((".tar.gz", "gztar"), (".tgz", "gztar"), (".tar", "tar"), (".zip", "zip"))
                     if out.name.endswith(suf)), None)
     stage = out.with_name(out.name.split(".")[0] + ".staging") if archive else out
     with atomic.atomic_dir(stage) as tmp:
         for g in GRANULARITIES:
-            for part in sorted(LossesPaths(root).dataset(g).glob("run=*/step=*/part-0.parquet")):
-                run = part.parent.parent.name[4:]
-                if runs and run not in runs:
+            for part in sorted(layout.losses.dataset(g).glob("*/step_*.parquet")):
+                if runs and part.parent.name not in runs:
                     continue
-                dest = tmp / part.relative_to(root)
+                dest = tmp / part.relative_to(layout.losses.dir)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(part, dest)
-        for extra in ("runs.parquet", "schema.json"):
-            if (root / extra).exists():
-                shutil.copy2(root / extra, tmp / extra)
-        (tmp / "README.md").write_text(
-            "# Per-example losses (scaledyn)\n\n"
-            "Hive-partitioned Parquet (run=, step=), zstd. `schema.json` documents every column.\n\n"
-            "    import pyarrow.dataset as ds\n"
-            "    ds.dataset('sequences', partitioning='hive').to_table().to_pandas()\n\n"
-            "    duckdb: SELECT * FROM read_parquet('tokens/**/*.parquet', hive_partitioning=true)\n"
-        )
+        for src in (layout.run_table, layout.schema_doc):
+            if src.exists():
+                shutil.copy2(src, tmp / src.name)
+        shutil.copytree(layout.data.tokenizer, tmp / "tokenizer")
+        pq.write_table(_examples(layout.data), tmp / "examples.parquet", compression="zstd")
+        (tmp / "README.md").write_text(CARD)
     if not archive:
         return out
     with atomic.atomic_path(out) as tmp:
@@ -201,3 +245,49 @@ def export(root, out, runs=None) -> Path:
         shutil.move(made, tmp)
     shutil.rmtree(stage, ignore_errors=True)
     return out
+
+
+def _examples(data: DataPaths) -> pa.Table:
+    from .data import TokenData
+
+    td, cols = TokenData.open(data.dir), {"split": [], "example_id": [], "token_ids": []}
+    for split in ("eval", "heldout"):
+        arr = np.asarray(td.split(split), dtype=np.int32)
+        cols["split"] += [split] * len(arr)
+        cols["example_id"] += td.example_ids(split).tolist()
+        cols["token_ids"] += [row.tolist() for row in arr]
+    return pa.Table.from_pydict(cols, schema=schema("examples"))
+
+
+class Export:
+    """An exported study opened for reading (a folder, or an archive unpacked beside itself)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.runs = pq.read_table(root / "runs.parquet").to_pandas()
+        self.examples = pq.read_table(root / "examples.parquet").to_pandas()
+        self.schema = json.loads((root / "schema.json").read_text())
+
+    def load(self, granularity: str = "sequences", **filters):
+        return load(self.root, granularity, **filters)
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.root / "tokenizer")
+
+
+def read_export(path) -> Export:
+    path = Path(path)
+    if path.is_dir():
+        return Export(path)
+    target = path.with_name(path.name.split(".")[0] + ".unpacked")
+    if not target.is_dir():
+        with atomic.atomic_dir(target) as tmp:
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as z:
+                    z.extractall(tmp)
+            else:
+                with tarfile.open(path) as t:
+                    t.extractall(tmp, filter="data")
+    return Export(target)

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
@@ -232,8 +231,9 @@ def _change_rows(k: int, measured: dict, pred) -> pd.DataFrame:
     for split, (sids, dl) in measured.items():
         example_id, position = losses.token_index(sids, dl.shape[1])
         predicted = pred.ravel() if split == "heldout" and pred is not None else np.full(dl.size, np.nan)
-        frames.append(pd.DataFrame({"batch": np.int32(k), "split": split, "example_id": example_id, "position": position,
-                                    "delta": dl.ravel().astype(np.float32), "predicted": predicted.astype(np.float32)}))
+        frames.append(pd.DataFrame({"batch": np.full(dl.size, k, np.int32), "split": split, "example_id": example_id,
+                                    "position": position, "delta": dl.ravel().astype(np.float32),
+                                    "predicted": predicted.astype(np.float32)}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -282,7 +282,6 @@ def dt1_analysis(run_dir, step: int, data_dir, out, changes, options: ZslOptions
                 rows.append({"batch": k, "split": split, "granularity": gran, **zsl.metrics(vals)})
     agg = _summarise(rows, extra, spec, step, lr, lr_note)
     zsl.write_table(agg, out)
-    table = pa.Table.from_pandas(pd.concat(changes_rows, ignore_index=True), schema=losses.schema("changes"),
-                                 preserve_index=False)
-    losses.write_partition(changes, spec.name, step, table)
+    rows_ = pd.concat(changes_rows, ignore_index=True)
+    losses.write_partition(changes, spec.name, step, {c: rows_[c].to_numpy() for c in rows_.columns}, "changes")
     return agg

@@ -8,6 +8,7 @@ so tests check what it claims (lines per size, log axes, labels) instead of pixe
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from dataclasses import dataclass
@@ -16,18 +17,32 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import atomic, losses, zsl  # noqa: E402
 from .curve import log_moving_average  # noqa: E402
 from .fit import BrokenPowerLawFit  # noqa: E402
-from .layout import Layout, LossesPaths, ReportPaths, RunPaths  # noqa: E402
+from .layout import Layout, ReportPaths, RunPaths  # noqa: E402
 from .options import ReportOptions  # noqa: E402
-from .trends import ScalingTrend, per_size_table, read_trends, summary_text  # noqa: E402
+from .trends import ScalingTrend, per_size_table, read_trends, run_lines  # noqa: E402
 
 FIGURES = ("loss_curves", "scaling_trends", "zsl_dtt", "zsl_dt1", "d_vs_m", "loss_change_hist")
 BREAKS = ("deceleration", "acceleration")
+
+
+def plain_log_ticks(ax) -> None:
+    """Log axes labelled 20, 50, 100 rather than 2 x 10^1: easier to read off, and no overlapping
+    minor labels (minor ticks are labelled only where a decade holds few major ones)."""
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale != "log":
+            continue
+        lo, hi = sorted(axis.get_view_interval())
+        axis.set_major_formatter(plain)
+        few = np.log10(hi / lo) < 1.2 if lo > 0 else False
+        axis.set_minor_formatter(plain if few else ticker.NullFormatter())
 
 
 def fmt_n(n: float) -> str:
@@ -105,6 +120,7 @@ def fig_loss_curves(res: StudyResults):
             ax.annotate(f"t_d {d['t_d']:.0f}", (d["t_d"], 1 - 0.05 * (k + 1)), xycoords=("data", "axes fraction"),
                         color=color, fontsize=7, ha="left", xytext=(3, 0), textcoords="offset points")
     ax.set(xscale="log", yscale="log", xlabel="step", ylabel="training loss (nats)")
+    plain_log_ticks(ax)
     ax.set_title("Training loss (log moving average; faint: per step) and the verdict's fit\n"
                  "breaks: dotted before t_d, dashed after", fontsize=10)
     ax.legend(fontsize=7, loc="lower left")
@@ -132,6 +148,7 @@ def fig_scaling(res: StudyResults):
             ax.set_xscale("log")
             if col == "L_d":
                 ax.set_yscale("log")
+            plain_log_ticks(ax)
             ax.legend(fontsize=7)
         if not trend.estimable:
             ax.text(0.5, 0.5, f"{len(trend.sizes)} size(s) with a deceleration:\nno trend (need {3})", ha="center",
@@ -220,14 +237,23 @@ def fit_table(sizes: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
-def summary_markdown(res: StudyResults) -> str:
+@dataclass
+class Section:
+    """A part of the summary, rendered to Markdown (summary.md) and HTML (summary.html)."""
+
+    title: str
+    text: list[str]
+    bullets: list[str]
+
+
+def summary_sections(res: StudyResults) -> list[Section]:
     sizes = res.sizes
-    lines = ["# Study summary", "", "## Loss deceleration", "",
-             "Each run's training loss is tested for an abrupt break against the better smooth law "
-             "(power law, or E + A t^-alpha); intervals are 95% bootstrap intervals, t_d corrected for the smoothing lag.", "",
-             summary_text(sizes, res.trends).rstrip(), ""]
-    decel = int((sizes["verdict"] == "deceleration").sum())
+    out = [Section("Loss deceleration", [
+        "Each run's training loss is tested for an abrupt break against the better smooth law (power law, or "
+        "E + A t^-alpha); intervals are 95% bootstrap intervals, t_d corrected for the smoothing lag; N counts "
+        "non-embedding parameters."], run_lines(sizes) + [t.summary() for t in res.trends])]
     caveats = []
+    decel = int((sizes["verdict"] == "deceleration").sum())
     if decel < len(sizes):
         caveats.append(f"{len(sizes) - decel} of {len(sizes)} runs show no abrupt deceleration; their broken fits are in "
                        "the fit files, not used in the trends")
@@ -236,8 +262,8 @@ def summary_markdown(res: StudyResults) -> str:
     if not any(t.significant() for t in res.trends):
         caveats.append("no trend with size is significant")
     if caveats:
-        lines += ["What this run does not show:", ""] + [f"- {c}" for c in caveats] + [""]
-    lines += ["## Zero-sum learning around the deceleration step", ""]
+        out.append(Section("What this run does not show", [], caveats))
+    bullets = []
     d = res.zsl[(res.zsl["split"] == "eval") & (res.zsl["granularity"] == "token")]
     for run in [r for r in res.runs if r in set(d["run"])]:
         t_d = res.t_d(run)
@@ -249,9 +275,45 @@ def summary_markdown(res: StudyResults) -> str:
             ref = t_d or float(v["step"].max())
             row = v.iloc[int(np.argmin(np.abs(np.log(v["step"].to_numpy(dtype=float)) - math.log(ref))))]
             where = f"t_d ≈ {t_d:.0f}" if t_d else "no deceleration detected: last measured step"
-            lines.append(f"- {run}, Δt = {variant[3:]}, step {int(row['step'])} ({where}): D = {row['D']:.3f} ± "
-                         f"{row['D_std']:.3f}, M = {row['M']:.4f}, |ΔL| = {row['dL']:.4f}")
-    return "\n".join(lines) + "\n"
+            bullets.append(f"{run}, Δt = {variant[3:]}, step {int(row['step'])} ({where}): D = {row['D']:.3f} ± "
+                           f"{row['D_std']:.3f}, M = {row['M']:.4f}, |ΔL| = {row['dL']:.4f}")
+    out.append(Section("Zero-sum learning around the deceleration step", [], bullets))
+    return out
+
+
+def summary_markdown(res: StudyResults) -> str:
+    lines = ["# Study summary", ""]
+    for s in summary_sections(res):
+        lines += [f"## {s.title}", ""] + [t + "\n" for t in s.text] + [f"- {b}" for b in s.bullets] + [""]
+    return "\n".join(lines)
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60em;margin:1.5em auto;line-height:1.45;color:#222}}
+h1{{font-size:1.5em}} h2{{font-size:1.15em;margin-top:1.4em;border-bottom:1px solid #ddd}}
+.wide{{overflow-x:auto}} table{{border-collapse:collapse;font-size:0.8em}}
+td,th{{border:1px solid #ccc;padding:0.2em 0.45em;text-align:right;white-space:nowrap}}
+th{{background:#f3f3f3}} td:first-child,td:nth-child(3){{text-align:left}}</style></head>
+<body><h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+
+def summary_html(res: StudyResults) -> str:
+    body = []
+    for s in summary_sections(res):
+        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        body += [f"<p>{html.escape(t)}</p>" for t in s.text]
+        if s.bullets:
+            body.append("<ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in s.bullets) + "</ul>")
+    return PAGE.format(title="Study summary", body="\n".join(body))
+
+
+def table_html(table: pd.DataFrame) -> str:
+    return PAGE.format(title="Broken-power-law fits per run",
+                       body='<div class="wide">' + table.to_html(index=False, border=0, escape=True) + "</div>")
 
 
 # ----------------------------------------------------------------------------- assembling
@@ -278,7 +340,7 @@ def _hist_step(steps: list[int], t_d: float | None, requested: list[int]) -> int
 def loss_changes(res: StudyResults, losses_root, requested: list[int]) -> dict[str, tuple[int, np.ndarray]]:
     out = {}
     for r in res.runs:
-        steps = sorted(int(p.name[5:]) for p in (LossesPaths(losses_root).dataset("tokens") / f"run={r}").glob("step=*"))
+        steps = losses.steps_of(losses_root, "tokens", r)
         t = _hist_step(steps, res.t_d(r), requested)
         if t is not None:
             tok = losses.load(losses_root, "tokens", runs=[r], steps=[t, 2 * t], splits=["eval"])
@@ -304,6 +366,8 @@ def build_report(run_dirs, fit_paths, trends, zsl_table, losses_root, out, optio
         res.sizes.to_csv(tmp, index=False)
     atomic.write_text(out.table("md"), ft.to_markdown(index=False) + "\n")
     atomic.write_text(out.table("tex"), ft.to_latex(index=False))
+    atomic.write_text(out.table("html"), table_html(ft))
     summary = summary_markdown(res)
     atomic.write_text(out.summary, summary)
+    atomic.write_text(out.summary_html, summary_html(res))
     return {"summary": summary}

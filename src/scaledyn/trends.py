@@ -162,8 +162,9 @@ def per_size_table(fits: list[BrokenPowerLawFit], runs: list[dict]) -> pd.DataFr
     return pd.DataFrame(rows).sort_values(["N", "seed"]).reset_index(drop=True)[SIZE_COLUMNS]
 
 
-def summary_text(sizes: pd.DataFrame, trends: list[ScalingTrend], alpha: float = 0.05) -> str:
-    lines = ["Loss deceleration across sizes (N = non-embedding parameters)", ""]
+def run_lines(sizes: pd.DataFrame) -> list[str]:
+    """One line per run: its verdict, and t_d, L_d, r_d with intervals where it decelerates."""
+    lines = []
     for _, r in sizes.iterrows():
         head = f"- {r['run']} (N = {int(r['N']):,}): {r['verdict']}"
         if r["verdict"] == "deceleration":
@@ -174,8 +175,12 @@ def summary_text(sizes: pd.DataFrame, trends: list[ScalingTrend], alpha: float =
             why = {"smooth_bend": "the curve bends, but no abrupt break", "power_law": "a single power law fits as well",
                    "acceleration": "the loss falls faster after the break"}[r["verdict"]]
             lines.append(f"{head} ({why}; p = {r['p_value']:.3g})")
-    lines.append("")
-    lines += [f"- {t.summary(alpha)}" for t in trends]
+    return [line[2:] for line in lines]
+
+
+def summary_text(sizes: pd.DataFrame, trends: list[ScalingTrend], alpha: float = 0.05) -> str:
+    lines = ["Loss deceleration across sizes (N = non-embedding parameters)", ""]
+    lines += [f"- {line}" for line in run_lines(sizes)] + [""] + [f"- {t.summary(alpha)}" for t in trends]
     return "\n".join(lines) + "\n"
 
 

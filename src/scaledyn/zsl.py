@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import atomic, losses
 
@@ -19,6 +21,24 @@ METRICS = ("D", "M", "dL")
 FOLDS = 5
 COLUMNS = ["run", "size", "seed", "step", "step_next", "variant", "split", "granularity", "n",
            "D", "M", "dL", "D_std", "M_std", "dL_std", "spread"]
+DESCRIPTIONS = {
+    "run": "run name, <size>_s<seed>", "size": "model size name", "seed": "initialisation seed",
+    "step": "checkpoint the change starts from", "step_next": "checkpoint it ends at (step + 1 for dt=1)",
+    "variant": "'dt=t' (checkpoint to checkpoint) or 'dt=1' (one optimizer step)",
+    "split": "'eval' or 'heldout'", "granularity": "'token' or 'sequence' (per-example unit of the changes)",
+    "n": "examples (dt=t) or held-out batches averaged (dt=1)",
+    "D": "destructive interference 1 - |sum x| / sum |x| of the per-example loss changes x",
+    "M": "mean |per-example loss change|, nats", "dL": "|change of the mean loss| = (1 - D) M, nats",
+    "D_std": "std of D (over example folds for dt=t, over held-out batches for dt=1)", "M_std": "std of M, likewise",
+    "dL_std": "std of dL, likewise", "spread": "what the _std columns are taken over",
+    "pred_corr_mean": "correlation of the JVP-predicted and the measured per-token changes (held-out batch)",
+    "D_pred_mean": "D of the JVP-predicted changes", "D_measured_mean": "D of the measured changes on the stepped batch",
+    "C_g_mean": "coordinate-wise interference sum_j |sum_i p_ij| / sum_j sum_i |p_ij|",
+    "D_grad_mean": "mean over non-embedding coordinates of 1 - |sum_i g_ij| / sum_i |g_ij|",
+    "coord_tokens_mean": "tokens the coordinate-wise measures use", "coord_params_mean": "coordinates they use",
+    "coord_skipped": "why the coordinate-wise measures were skipped", "lr": "learning rate of the step",
+    "lr_note": "a note on that rate",
+}
 
 
 def metrics(x) -> dict[str, float]:
@@ -70,7 +90,8 @@ def write_table(df: pd.DataFrame, out) -> None:
     """Parquet, and CSV beside it for people who open tables in a spreadsheet."""
     out = Path(out)
     with atomic.atomic_path(out) as tmp:
-        df.to_parquet(tmp, index=False, compression="zstd")
+        pq.write_table(losses.described(pa.Table.from_pandas(df, preserve_index=False), DESCRIPTIONS), tmp,
+                       compression="zstd")
     with atomic.atomic_path(out.with_suffix(".csv")) as tmp:
         df.to_csv(tmp, index=False)
 

@@ -1,0 +1,53 @@
+# Two commands on a fresh clone:
+#   make study   set up .venv (CPU PyTorch where there is no GPU) and run the default study
+#   make test    the same set-up, plus SLURM for its tests when run as root with apt-get, then the tests
+# Both are idempotent: a second run only does what is missing. An existing PyTorch (a cluster's CUDA
+# build, in the interpreter the venv is made from) is kept: the venv sees the system's packages.
+
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 2
+TORCH ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup study test slurm-deps
+
+setup: $(VENV)/.installed
+
+$(BIN)/python:
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+# PyTorch first: a bare `pip install` of the package would pull a multi-GB CUDA build on a machine
+# without a GPU. Where PyTorch's CPU index is out of reach, the ordinary index still serves it.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+	    echo "keeping PyTorch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+	    $(BIN)/pip install -q "$(TORCH)"; \
+	else \
+	    $(BIN)/pip install -q "$(TORCH)" --extra-index-url $(TORCH_CPU_INDEX) --timeout 10 --retries 1; \
+	fi
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+study: setup
+	snakemake --cores $(CORES)
+
+# A real single-node SLURM for the `slurm` tests (they start and stop it themselves): Debian's
+# slurm-wlm and munge, installed only where that is possible (root, apt-get) and not done yet.
+slurm-deps:
+	@if ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
+	    else \
+	        echo "no slurm-wlm/munge and no root apt-get: the SLURM tests will be skipped"; \
+	    fi; \
+	fi
+
+test: setup slurm-deps
+	python -m pytest -ra
