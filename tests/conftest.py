@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import subprocess
@@ -74,6 +75,12 @@ def tiny_study(tmp_path_factory, tiny_config):
     work = tmp_path_factory.mktemp("study")
     run_workflow(work, tiny_config, "--cores", "2")
     return Layout(work / tiny_config["results"])
+
+
+def log_rows(path) -> list[tuple]:
+    """A training log's rows, every column but the wall-clock throughput."""
+    with open(path, newline="") as f:
+        return [tuple(v for k, v in r.items() if k != "tokens_per_s") for r in csv.DictReader(f)]
 
 
 def has(cmd: str) -> bool:

@@ -3,7 +3,6 @@ two trainers on one run, killed writers, permissions, full and read-only disks."
 
 import ast
 import copy
-import csv
 import dataclasses
 import json
 import os
@@ -32,7 +31,7 @@ from scaledyn.evaluate import evaluate_checkpoint
 from scaledyn.layout import Layout, LossesPaths, RunPaths
 from scaledyn.train import PREEMPTED_EXIT, read_log, train
 
-from conftest import REPO, TINY, run_workflow
+from conftest import REPO, TINY, log_rows, run_workflow
 
 PWNED = Path("/tmp/scaledyn-pwned")
 
@@ -46,10 +45,6 @@ def scaledyn(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "scaledyn", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
-
-def log_rows(path):
-    with open(path) as f:
-        return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in csv.DictReader(f)]
 
 
 class Payload:

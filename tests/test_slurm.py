@@ -54,6 +54,7 @@ def test_preempted_training_resumes(slurm, tmp_path):
     cfg["model"]["sizes"] = ["tiny-1k"]
     cfg["train"].update(steps=2500, flush_every=1)
     cfg["zsl"]["dt1_steps"] = []
+    cfg["data"]["allow_repeat"] = True  # 2,500 steps of 8 sequences is 1.1 passes over the tiny corpus
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            *slurm_args(), "results/runs/tiny-1k_s0/run.json"]

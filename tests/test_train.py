@@ -19,16 +19,14 @@ from scaledyn.optim import lr_factor
 from scaledyn.options import Schedule
 from scaledyn.train import PREEMPTED_EXIT, BatchOrder, train
 
+from conftest import log_rows
+
 
 def make_spec(tiny_config, tiny_data, run_dir, **over):
     study = load_study(tiny_config)
     spec = study.run_spec("tiny-1k_s0")
     return dataclasses.replace(spec, data_dir=str(tiny_data), run_dir=str(run_dir), **over)
 
-
-def log_rows(path):
-    with open(path) as f:
-        return [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in csv.DictReader(f)]
 
 
 def start(spec):

@@ -97,7 +97,7 @@ def read_log(path) -> list[dict]:
         return []
     rows = []
     for line in lines[1:-1]:  # the part after the last newline is torn (or empty)
-        parts = line.split(",")
+        parts = line.rstrip("\r").split(",")
         try:
             ok = len(parts) == len(LOG_FIELDS) and int(parts[0]) == len(rows) + 1 and "\x00" not in line
             ok = ok and all(math.isfinite(float(v)) for v in parts[1:])
@@ -117,7 +117,7 @@ class TrainLog:
     def __init__(self, path, rows: list[dict]):
         self.path, self.buffer = path, []
         out = io.StringIO()
-        w = csv.DictWriter(out, LOG_FIELDS)
+        w = csv.DictWriter(out, LOG_FIELDS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
         atomic.write_text(path, out.getvalue())
@@ -128,7 +128,7 @@ class TrainLog:
     def flush(self) -> None:
         if self.buffer:
             with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, LOG_FIELDS).writerows(self.buffer)
+                csv.DictWriter(f, LOG_FIELDS, lineterminator="\n").writerows(self.buffer)
                 f.flush()
                 os.fsync(f.fileno())
             self.buffer = []
