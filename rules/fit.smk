@@ -18,6 +18,23 @@ rule fit_run:
         "scaledyn fit-curve {input:q} --out {output:q} --options {params.options:q} > {log:q} 2>&1"
 
 
+rule fit_windows:
+    input:
+        L.run("{run}").train_log,
+    output:
+        L.fit_windows("{run}"),
+    log:
+        L.log("fit", "{run}.windows"),
+    conda:
+        "../envs/scaledyn.yaml"
+    resources:
+        **cluster(gpu=False),
+    params:
+        options=STUDY.fit.to_json(),
+    shell:
+        "scaledyn fit-windows {input:q} --out {output:q} --options {params.options:q} > {log:q} 2>&1"
+
+
 rule fit_scaling:
     input:
         fits=[L.fit(r) for r in RUNS],

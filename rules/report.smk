@@ -9,6 +9,7 @@ rule report:
         runs=[L.run(r).run_json for r in RUNS],
         logs=[L.run(r).train_log for r in RUNS],
         fits=[L.fit(r) for r in RUNS],
+        windows=[L.fit_windows(r) for r in RUNS],
         trends=L.fit_trends,
         zsl=L.zsl_table,
         losses=[L.losses.partition("tokens", r, s) for r in RUNS for s in STEPS],
@@ -42,5 +43,5 @@ rule report:
         out=L.report.dir,
         options=STUDY.report.to_json(),
     shell:
-        "scaledyn report --run-dirs {params.run_dirs:q} --fits {input.fits:q} --trends {input.trends:q}"
+        "scaledyn report --run-dirs {params.run_dirs:q} --fits {input.fits:q} --windows {input.windows:q} --trends {input.trends:q}"
         " --zsl {input.zsl:q} --losses {params.losses:q} --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"

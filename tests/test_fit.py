@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from scaledyn.breaktest import bootstrap_pvalue, classify
 from scaledyn.curve import (CurveError, log_moving_average, log_subsample_mask, read_curve_csv, validate_curve)
-from scaledyn.fit import BrokenPowerLawFit, fit_curve, prepare_fit
+from scaledyn.fit import WINDOW_COLUMNS, BrokenPowerLawFit, fit_curve, prepare_fit, window_sensitivity
 from scaledyn.options import FitOptions
 from scaledyn.powerlaws import bnsl_log, fit_bnsl, fit_reference
 
@@ -263,6 +264,26 @@ def test_cli_contract(tmp_path):
     few = subprocess.run([sys.executable, "-m", "scaledyn", "fit-curve", str(path), "--out", str(out), "--bootstrap", "5"],
                          capture_output=True, text=True)
     assert few.returncode != 0 and "cannot reach 0.05" in few.stderr
+
+
+def test_window_sensitivity_tells_a_trained_break_from_a_window_made_one(tmp_path):
+    """A real break keeps its verdict and t_d when the fit window moves; a smoothly flattening curve
+    (E + A t^-alpha) gets one in at most a stray window (each window is a 5% test of its own)."""
+    t, y = curve(800, 0.1, T=6000, noise=0.01)
+    out = tmp_path / "windows.csv"
+    proc = subprocess.run([sys.executable, "-m", "scaledyn", "fit-windows", str(write_csv(tmp_path / "c.csv", t, y)),
+                           "--out", str(out), "--options", options(smoothing="none", bootstrap=49).to_json()],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    w = pd.read_csv(out)
+    assert list(w.columns) == WINDOW_COLUMNS
+    assert sorted(zip(w["transient_steps"], w["end_step"])) == [(a, b) for a in (50, 100, 200) for b in (4000, 6000)]
+    assert (w["verdict"] == "deceleration").all()
+    assert ((w["t_d"] / 800 - 1).abs() < 0.25).all()
+    assert (w["t_d_low"] <= w["t_d"]).all() and (w["t_d"] <= w["t_d_high"]).all()
+    smooth = (2.5 + 20 * t**-0.35) * np.exp(np.random.default_rng(3).normal(0, 0.02, t.size))
+    rows = window_sensitivity(validate_curve(t, smooth), options(smoothing="none", bootstrap=49))
+    assert len(rows) == 6 and sum(r["verdict"] == "deceleration" for r in rows) <= 1
 
 
 def test_calibration_smoke():

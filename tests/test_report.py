@@ -27,7 +27,7 @@ def with_a_break(res):
                + np.random.default_rng(0).normal(0, 0.02, 3000))
     fits = {**res.fits, "tiny-6k_s0": fit_curve(validate_curve(t, y), dataclasses.replace(FitOptions.defaults(), bootstrap=49))}
     curves = {**res.curves, "tiny-6k_s0": pd.DataFrame({"step": t, "loss": y})}
-    return report.StudyResults(res.runs, res.meta, fits, curves, res.trends, res.zsl)
+    return report.StudyResults(res.runs, res.meta, fits, curves, res.trends, res.zsl, res.windows)
 
 
 def test_outputs_exist(tiny_study):

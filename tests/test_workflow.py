@@ -6,6 +6,9 @@ import re
 import subprocess
 import sys
 
+import pytest
+import yaml
+
 from conftest import REPO, TINY, run_workflow
 
 
@@ -121,3 +124,20 @@ def test_conda_env_installs_scaledyn_from_the_workflow_source(tmp_path):
     missing = subprocess.run([*interpreter, str(script)], cwd=tmp_path / "work", capture_output=True,
                              text=True, env={"PATH": f"{fake}:{os.environ['PATH']}", "RECORD": str(record)})
     assert missing.returncode != 0 and "SCALEDYN_SOURCE" in missing.stderr
+
+
+@pytest.mark.parametrize("control", ["warmup-20", "warmup-200", "warmup-600", "constant", "seeds"])
+def test_controls_change_only_what_they_control(control):
+    """A control is the default study with one thing changed; anything else that drifts from
+    config.yaml would confound the comparison."""
+    from scaledyn.config import load_study
+
+    default, ctrl = (yaml.safe_load(p.read_text()) for p in (REPO / "config.yaml", REPO / "configs" / "controls" / f"{control}.yaml"))
+    load_study(REPO / "configs" / "controls" / f"{control}.yaml")
+    changed = {k for k in default.keys() | ctrl.keys() if default.get(k) != ctrl.get(k)}
+    assert changed <= {"study", "results", "seeds", "model", "train"}
+    assert {k for k in default["train"] if default["train"][k] != ctrl["train"].get(k)} <= {"schedule"}
+    if control == "seeds":
+        assert len(ctrl["seeds"]) >= 3 and ctrl["model"] == default["model"]
+    else:
+        assert ctrl["seeds"] == default["seeds"] and set(ctrl["model"]["sizes"]) <= set(default["model"]["sizes"])

@@ -103,6 +103,13 @@ def cmd_fit_curve(args) -> None:
     print(fit_curve_file(args.input, args.out, options).summary(), end="")
 
 
+def cmd_fit_windows(args) -> None:
+    from .fit import window_sensitivity_file
+    from .options import FitOptions
+
+    print(window_sensitivity_file(args.input, args.out, _stage_options(FitOptions, args)))
+
+
 def cmd_fit_scaling(args) -> None:
     from .trends import fit_scaling_files
 
@@ -137,7 +144,14 @@ def cmd_report(args) -> None:
     from .report import build_report
 
     options = _stage_options(ReportOptions, args, histogram_steps=args.histogram_steps)
-    build_report(args.run_dirs, args.fits, args.trends, args.zsl, args.losses, args.out, options)
+    build_report(args.run_dirs, args.fits, args.trends, args.zsl, args.losses, args.out, options, args.windows or ())
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows argparse defaults, but not the None of options whose default comes from the schema."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def add(name, fn, text, options=False):
-        sp = sub.add_parser(name, help=text, description=text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sp = sub.add_parser(name, help=text, description=text, formatter_class=_Help)
         sp.set_defaults(fn=fn)
         if options:
             sp.add_argument("--options", help="the stage's options as JSON (what the workflow passes)")
@@ -217,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--alpha", type=float, help=f"significance level of the break test {d(fit.alpha)}")
     sp.add_argument("--seed", type=int, help=f"bootstrap seed {d(fit.seed)}")
 
+    sp = add("fit-windows", cmd_fit_windows, "Refit a loss curve over other fit windows (transient 50/100/200 steps; the whole "
+             "run and its first two thirds): does t_d stay put?", options=True)
+    sp.add_argument("input", help="CSV with columns step and loss")
+    sp.add_argument("--out", required=True, help="CSV to write, one row per window")
+
     sp = add("fit-scaling", cmd_fit_scaling, "Trends of L_d, r_d and c0 with log N across sizes, weighted by their uncertainty.")
     sp.add_argument("--fits", nargs="+", required=True, help="FIT.json files")
     sp.add_argument("--runs", nargs="+", required=True, help="run.json files, same order as --fits")
@@ -247,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("report", cmd_report, "Figures, tables and the summary for a finished study.", options=True)
     sp.add_argument("--run-dirs", nargs="+", required=True, help="the runs' directories")
     sp.add_argument("--fits", nargs="+", required=True, help="their FIT.json files, same order")
+    sp.add_argument("--windows", nargs="*", help="their fit-window tables from fit-windows, same order")
     sp.add_argument("--trends", required=True, help="trends.json from fit-scaling")
     sp.add_argument("--zsl", required=True, help="zsl.parquet from zsl-merge")
     sp.add_argument("--losses", required=True, help="losses dataset root (for the loss-change histograms)")

@@ -16,11 +16,13 @@ reference pipeline's estimate, comparable with published values.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import atomic
 from .breaktest import NOISE_FREE, BreakTest, break_test, slope_ratio, smooth_null
@@ -349,6 +351,36 @@ def fit_curve(curve: Curve, options: FitOptions | None = None) -> BrokenPowerLaw
     fit_range = (float(np.exp(f.x[0])), float(np.exp(f.x[-1])))
     return BrokenPowerLawFit(curve.source, f.pre.to_dict(), rows, int(len(f.idx)), fit_range, f.T, float(f.smooth[-1]),
                              f.broken, f.pl, f.sat, test, roots, other, bias_note(simulator, f.pre), notes)
+
+
+WINDOW_COLUMNS = ["transient_steps", "end_step", "verdict", "p_value", "t_d", "t_d_low", "t_d_high", "slope_ratio"]
+
+
+def window_sensitivity(curve: Curve, options: FitOptions, transients=(50, 100, 200), ends=(1.0, 2 / 3)) -> list[dict]:
+    """The same test and fit over other fit windows: a break the training made stays put when the
+    window's ends move; one the window made follows them (a t_d near the window's log-midpoint)."""
+    rows = []
+    for end in ends:
+        keep = curve.step <= curve.step[-1] * end
+        part = dataclasses.replace(curve, step=curve.step[keep], loss=curve.loss[keep])
+        for transient in transients:
+            try:
+                f = fit_curve(part, dataclasses.replace(options, transient_steps=float(transient)))
+            except CurveError as e:
+                rows.append({"transient_steps": transient, "end_step": int(part.step[-1]), "verdict": f"unfit: {e}"})
+                continue
+            d, ci = f.derived(), f.conf_int()
+            rows.append({"transient_steps": transient, "end_step": int(part.step[-1]), "verdict": f.verdict,
+                         "p_value": f.test.p_value, "t_d": d["t_d"], "t_d_low": (ci["t_d"] or [None])[0],
+                         "t_d_high": (ci["t_d"] or [None, None])[1], "slope_ratio": d["slope_ratio"]})
+    return rows
+
+
+def window_sensitivity_file(path, out, options: FitOptions | None = None) -> str:
+    options = options or FitOptions.defaults()
+    table = pd.DataFrame(window_sensitivity(read_curve_csv(path, options.on_duplicate), options), columns=WINDOW_COLUMNS)
+    atomic.write_text(out, table.to_csv(index=False, float_format="%.6g"))
+    return table.to_string(index=False)
 
 
 def fit_curve_file(path, out, options: FitOptions | None = None) -> BrokenPowerLawFit:

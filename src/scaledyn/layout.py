@@ -6,7 +6,7 @@ ask here and assemble no path of their own.
     <results>/losses/          sequences/ and tokens/: one Parquet file per (run, checkpoint)
     <results>/runs.parquet     one row per run; <results>/schema.json documents every table
     <results>/zsl/             zsl.parquet (all metrics), dtt/, dt1/, changes/ (laid out like losses)
-    <results>/fits/            <run>.json, sizes.csv, trends.json, scaling.txt
+    <results>/fits/            <run>.json, <run>.windows.csv, sizes.csv, trends.json, scaling.txt
     <results>/report/          figures, tables, summary
     <results>/logs/            one log per job
     <results>/benchmarks/      Snakemake's time and memory of every train, evaluate and one-step job
@@ -139,6 +139,9 @@ class Layout:
 
     def fit(self, run: str) -> Path:
         return self.fits / f"{run}.json"
+
+    def fit_windows(self, run: str) -> Path:
+        return self.fits / f"{run}.windows.csv"
 
     def zsl_dtt(self, run: str) -> Path:
         return self.zsl / "dtt" / f"{run}.parquet"

@@ -64,21 +64,24 @@ class StudyResults:
     curves: dict[str, pd.DataFrame]
     trends: list[ScalingTrend]
     zsl: pd.DataFrame
+    windows: dict[str, pd.DataFrame]
 
     @classmethod
-    def read(cls, run_dirs, fit_paths, trends, zsl_table) -> "StudyResults":
-        """From the runs' directories and their fit files (same order), trends.json and zsl.parquet."""
+    def read(cls, run_dirs, fit_paths, trends, zsl_table, window_paths=()) -> "StudyResults":
+        """From the runs' directories and their fit files (same order), trends.json, zsl.parquet and
+        the fit-window tables (same order; optional)."""
         paths = [RunPaths(d) for d in run_dirs]
         meta = {p.name: json.loads(p.run_json.read_text()) for p in paths}
         fits = {p.name: BrokenPowerLawFit.read(f) for p, f in zip(paths, fit_paths)}
         curves = {p.name: pd.read_csv(p.train_log) for p in paths}
         order = sorted(meta, key=lambda r: (meta[r]["non_embedding_params"], meta[r]["seed"], r))
-        return cls(order, meta, fits, curves, read_trends(trends), pd.read_parquet(zsl_table))
+        windows = {p.name: pd.read_csv(w) for p, w in zip(paths, window_paths)}
+        return cls(order, meta, fits, curves, read_trends(trends), pd.read_parquet(zsl_table), windows)
 
     @classmethod
     def of_study(cls, layout: Layout, runs: list[str]) -> "StudyResults":
         return cls.read([layout.run(r).dir for r in runs], [layout.fit(r) for r in runs], layout.fit_trends,
-                        layout.zsl_table)
+                        layout.zsl_table, [layout.fit_windows(r) for r in runs])
 
     @property
     def sizes(self) -> pd.DataFrame:
@@ -261,6 +264,16 @@ def summary_sections(res: StudyResults) -> list[Section]:
         caveats.append("one seed per size: the trends rest on bootstrap uncertainty of single runs, not on seed-to-seed spread")
     if not any(t.significant() for t in res.trends):
         caveats.append("no trend with size is significant")
+    lines, unstable = window_lines(res)
+    if lines:
+        out.append(Section("Fit-window sensitivity", [
+            f"The same test refitted with the transient cut at 50, 100 and 200 steps, over the whole run and its first "
+            f"two thirds (results/fits/<run>.windows.csv). A break that the training made keeps its verdict and "
+            f"moves less than ±{WINDOW_TOLERANCE:.0%}; one that the window made follows the window."], lines))
+    if unstable:
+        caveats.append(f"{len(unstable)} of {len(res.windows)} runs change verdict or move t_d by more than "
+                       f"±{WINDOW_TOLERANCE:.0%} across fit windows ({', '.join(unstable)}): their breaks are not "
+                       "pinned down by the training alone")
     if caveats:
         out.append(Section("What this run does not show", [], caveats))
     bullets = []
@@ -279,6 +292,26 @@ def summary_sections(res: StudyResults) -> list[Section]:
                            f"{row['D_std']:.3f}, M = {row['M']:.4f}, |ΔL| = {row['dL']:.4f}")
     out.append(Section("Zero-sum learning around the deceleration step", [], bullets))
     return out
+
+
+WINDOW_TOLERANCE = 0.25
+
+
+def window_lines(res: StudyResults) -> tuple[list[str], list[str]]:
+    """One line per run on how its verdict and t_d move across fit windows, and the unstable runs."""
+    lines, unstable = [], []
+    for run in [r for r in res.runs if r in res.windows]:
+        w = res.windows[run]
+        verdicts = w["verdict"].value_counts()
+        text = ", ".join(f"{v} ×{n}" for v, n in verdicts.items())
+        t_d = w.loc[w["verdict"] == "deceleration", "t_d"].astype(float)
+        main = res.fits[run].derived()["t_d"]
+        moved = float(np.max(np.abs(t_d / main - 1))) if len(t_d) else math.nan
+        if len(verdicts) > 1 or not moved <= WINDOW_TOLERANCE:
+            unstable.append(run)
+        where = f"; t_d {t_d.min():.0f}–{t_d.max():.0f} where a deceleration is found" if len(t_d) else ""
+        lines.append(f"{run}: {text} over {len(w)} windows{where}")
+    return lines, unstable
 
 
 def summary_markdown(res: StudyResults) -> str:
@@ -349,10 +382,11 @@ def loss_changes(res: StudyResults, losses_root, requested: list[int]) -> dict[s
     return out
 
 
-def build_report(run_dirs, fit_paths, trends, zsl_table, losses_root, out, options: ReportOptions | None = None) -> dict:
+def build_report(run_dirs, fit_paths, trends, zsl_table, losses_root, out, options: ReportOptions | None = None,
+                 window_paths=()) -> dict:
     """Figures (PNG + PDF), the fit table (CSV, Markdown, LaTeX) and summary.md into `out`."""
     options = options or ReportOptions.defaults()
-    res = StudyResults.read(run_dirs, fit_paths, trends, zsl_table)
+    res = StudyResults.read(run_dirs, fit_paths, trends, zsl_table, window_paths)
     out = ReportPaths(out)
     out.dir.mkdir(parents=True, exist_ok=True)
     _save(fig_loss_curves(res), out, "loss_curves")
