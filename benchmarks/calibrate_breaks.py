@@ -255,8 +255,9 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(path: Path, text: str) -> None:
-    start, end = "<!-- calibration:start -->", "<!-- calibration:end -->"
+def replace_block(path: Path, name: str, text: str) -> None:
+    """Replace what lies between the <!-- name:start --> and <!-- name:end --> markers of a Markdown file."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     doc = path.read_text()
     if start not in doc or end not in doc:
         raise SystemExit(f"{path}: no {start} ... {end} block to replace")
@@ -286,7 +287,7 @@ def main(argv=None) -> None:
     if args.csv:
         df.to_csv(args.csv, index=False)
     if args.readme:
-        update_readme(args.readme, text)
+        replace_block(args.readme, "calibration", text)
 
 
 if __name__ == "__main__":

@@ -277,7 +277,7 @@ def test_window_sensitivity_tells_a_trained_break_from_a_window_made_one(tmp_pat
     assert proc.returncode == 0, proc.stderr
     w = pd.read_csv(out)
     assert list(w.columns) == WINDOW_COLUMNS
-    assert sorted(zip(w["transient_steps"], w["end_step"])) == [(a, b) for a in (50, 100, 200) for b in (4000, 6000)]
+    assert sorted(zip(w["transient_steps"], w["end_step"])) == [(a, b) for a in (50, 100, 200) for b in (4000, 6000)]  # transient 100
     assert (w["verdict"] == "deceleration").all()
     assert ((w["t_d"] / 800 - 1).abs() < 0.25).all()
     assert (w["t_d_low"] <= w["t_d"]).all() and (w["t_d"] <= w["t_d_high"]).all()

@@ -8,7 +8,8 @@ from scaledyn import zsl
 from scaledyn.config import load_study
 from scaledyn.data import TokenData
 from scaledyn.layout import RunPaths
-from scaledyn.onestep import (jvp_predictions, load_for_step, one_step, per_position_predictions, step_lr, trainable)
+from scaledyn.onestep import (coordinate_interference, jvp_predictions, load_for_step, one_step, per_position_predictions,
+                              step_lr, token_losses, trainable)
 from scaledyn.train import BatchOrder, train
 
 
@@ -61,6 +62,36 @@ def test_jvp_equals_per_token_autograd(tiny_study):
     slow = per_position_predictions(model, batch, delta)
     assert fast.shape == slow.shape == (2, 31)
     assert torch.allclose(fast, slow, atol=1e-6, rtol=1e-4)
+
+
+def test_coordinate_interference_over_all_tokens_with_its_shuffled_baseline(tiny_study):
+    """C_g and D(grad) from vmap equal a per-token autograd loop, over every token of the batch;
+    the shuffled baseline is the same sums with the documented random signs."""
+    model, *_ = load_for_step(tiny_study.run("tiny-6k_s0").checkpoint(16))
+    data = TokenData.open(tiny_study.data.dir)
+    batch = torch.from_numpy(np.asarray(data.heldout_batch(0)[0][:2], dtype=np.int64))
+    gen = torch.Generator().manual_seed(0)
+    delta = {n: torch.randn(p.shape, generator=gen) * 1e-3 for n, p in trainable(model).items()}
+    got = coordinate_interference(model, batch, delta, None)
+    emb = model.get_input_embeddings().weight
+    params = {n: p for n, p in trainable(model).items() if p is not emb}
+    losses = token_losses(model, batch)
+    n_tok = losses.numel()
+    rng = np.random.default_rng(0)
+    flat = rng.choice(n_tok, size=n_tok, replace=False)
+    signs = rng.choice([-1.0, 1.0], size=n_tok)
+    grads = torch.stack([torch.cat([g.ravel() for g in torch.autograd.grad(losses.ravel()[i], list(params.values()),
+                                                                           retain_graph=True)]) for i in flat])
+    d = torch.cat([delta[n].ravel() for n in params])
+    s = torch.as_tensor(signs, dtype=grads.dtype)[:, None]
+    p = grads * d
+    live = grads.abs().sum(0) > 0
+    assert got["coord_tokens"] == n_tok == 62 and got["coord_params"] == d.numel()
+    assert got["C_g"] == pytest.approx(float(p.sum(0).abs().sum() / p.abs().sum()), rel=1e-4)
+    assert got["C_g_shuffled"] == pytest.approx(float((s * p).sum(0).abs().sum() / p.abs().sum()), rel=1e-4)
+    d_grad = lambda g: float((1 - g.sum(0)[live].abs() / g.abs().sum(0)[live]).mean())  # noqa: E731
+    assert got["D_grad"] == pytest.approx(d_grad(grads), rel=1e-4)
+    assert got["D_grad_shuffled"] == pytest.approx(d_grad(s * grads), rel=1e-4)
 
 
 def test_one_step_reproduces_the_training_loop(tmp_path, tiny_config, tiny_data):

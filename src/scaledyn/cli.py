@@ -231,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--alpha", type=float, help=f"significance level of the break test {d(fit.alpha)}")
     sp.add_argument("--seed", type=int, help=f"bootstrap seed {d(fit.seed)}")
 
-    sp = add("fit-windows", cmd_fit_windows, "Refit a loss curve over other fit windows (transient 50/100/200 steps; the whole "
-             "run and its first two thirds): does t_d stay put?", options=True)
+    sp = add("fit-windows", cmd_fit_windows, "Refit a loss curve over other fit windows (the transient cut at half, once and twice "
+             "fit.transient_steps; the whole run and its first two thirds): does t_d stay put?", options=True)
     sp.add_argument("input", help="CSV with columns step and loss")
     sp.add_argument("--out", required=True, help="CSV to write, one row per window")
 

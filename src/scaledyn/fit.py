@@ -46,18 +46,23 @@ def derived(theta, T: float) -> dict:
     t_d = math.exp(logd1)
     L_d = math.exp(logb - c0 * logd1)
     r_d = c0 + c1
-    return {"t_d": t_d, "L_d": L_d, "r_d": r_d, "L_T_hat": L_d * (T / t_d) ** (-r_d), "b": math.exp(logb), "c0": c0,
+    with np.errstate(over="ignore", under="ignore"):
+        L_T_hat = float(np.exp(logb - c0 * logd1 - r_d * (math.log(T) - logd1)))
+    return {"t_d": t_d, "L_d": L_d, "r_d": r_d, "L_T_hat": L_T_hat, "b": math.exp(logb), "c0": c0,
             "c1": c1, "f1": f1, "slope_ratio": slope_ratio(theta)}
 
 
 def on_scale(theta, T: float) -> np.ndarray:
     """The derived quantities of a broken fit on their interval scales (log for the positive ones)."""
     d = derived(theta, T)
-    return np.array([math.log(d[k]) if LOG_SCALE[k] else d[k] for k in DERIVED])
+    with np.errstate(divide="ignore", invalid="ignore"):  # a wild bootstrap refit can under- or overflow
+        v = np.array([np.log(d[k]) if LOG_SCALE[k] else d[k] for k in DERIVED], dtype=float)
+    return np.where(np.isfinite(v), v, np.nan)
 
 
 def _from_scale(v: np.ndarray) -> np.ndarray:
-    return np.array([math.exp(x) if LOG_SCALE[k] else x for k, x in zip(DERIVED, v)])
+    with np.errstate(over="ignore"):
+        return np.array([np.exp(x) if LOG_SCALE[k] else x for k, x in zip(DERIVED, v)], dtype=float)
 
 
 @dataclass
@@ -110,7 +115,7 @@ class BrokenPowerLawFit:
     def stderr(self) -> dict:
         """Bootstrap standard errors of the derived quantities, on their interval scales."""
         d = self.draws()
-        return {k: float(d[:, j].std(ddof=1)) if len(d) > 1 else math.nan for j, k in enumerate(DERIVED)}
+        return {k: float(np.nanstd(d[:, j], ddof=1)) if len(d) > 1 else math.nan for j, k in enumerate(DERIVED)}
 
     def predict(self, t, law: str | None = None) -> np.ndarray:
         """Loss at steps `t` from the verdict's law (or the named one)."""
@@ -127,8 +132,8 @@ class BrokenPowerLawFit:
         if not len(self.roots):
             return {k: None for k in DERIVED}
         roots = self.draws() - est
-        lo = _from_scale(est - np.quantile(roots, 1 - alpha / 2, axis=0))
-        hi = _from_scale(est - np.quantile(roots, alpha / 2, axis=0))
+        lo = _from_scale(est - np.nanquantile(roots, 1 - alpha / 2, axis=0))  # NaN: a refit that over- or underflowed
+        hi = _from_scale(est - np.nanquantile(roots, alpha / 2, axis=0))
         out = {k: [float(a), float(b)] for k, a, b in zip(DERIVED, lo, hi)}
         flags = []
         a, b = self.fit_range
@@ -353,26 +358,28 @@ def fit_curve(curve: Curve, options: FitOptions | None = None) -> BrokenPowerLaw
                              f.broken, f.pl, f.sat, test, roots, other, bias_note(simulator, f.pre), notes)
 
 
-WINDOW_COLUMNS = ["transient_steps", "end_step", "verdict", "p_value", "t_d", "t_d_low", "t_d_high", "slope_ratio"]
+WINDOW_COLUMNS = ["transient_steps", "end_step", "verdict", "p_value", "t_d", "t_d_low", "t_d_high", "slope_ratio", "note"]
 
 
-def window_sensitivity(curve: Curve, options: FitOptions, transients=(50, 100, 200), ends=(1.0, 2 / 3)) -> list[dict]:
-    """The same test and fit over other fit windows: a break the training made stays put when the
-    window's ends move; one the window made follows them (a t_d near the window's log-midpoint)."""
+def window_sensitivity(curve: Curve, options: FitOptions, ends=(1.0, 2 / 3)) -> list[dict]:
+    """The same test and fit with the transient cut at half, once and twice the configured one, over
+    the whole run and its first two thirds: a break the training made stays put when the window's
+    ends move; one the window made follows them (a t_d near the window's log-midpoint)."""
     rows = []
     for end in ends:
         keep = curve.step <= curve.step[-1] * end
         part = dataclasses.replace(curve, step=curve.step[keep], loss=curve.loss[keep])
-        for transient in transients:
+        for transient in (options.transient_steps / 2, options.transient_steps, options.transient_steps * 2):
+            row = {"transient_steps": transient, "end_step": int(part.step[-1])}
             try:
-                f = fit_curve(part, dataclasses.replace(options, transient_steps=float(transient)))
+                f = fit_curve(part, dataclasses.replace(options, transient_steps=transient))
             except CurveError as e:
-                rows.append({"transient_steps": transient, "end_step": int(part.step[-1]), "verdict": f"unfit: {e}"})
+                rows.append({**row, "verdict": "unfit", "note": str(e)})
                 continue
             d, ci = f.derived(), f.conf_int()
-            rows.append({"transient_steps": transient, "end_step": int(part.step[-1]), "verdict": f.verdict,
-                         "p_value": f.test.p_value, "t_d": d["t_d"], "t_d_low": (ci["t_d"] or [None])[0],
-                         "t_d_high": (ci["t_d"] or [None, None])[1], "slope_ratio": d["slope_ratio"]})
+            rows.append({**row, "verdict": f.verdict, "p_value": f.test.p_value, "t_d": d["t_d"],
+                         "t_d_low": (ci["t_d"] or [None])[0], "t_d_high": (ci["t_d"] or [None, None])[1],
+                         "slope_ratio": d["slope_ratio"], "note": ""})
     return rows
 
 

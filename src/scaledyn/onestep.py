@@ -149,15 +149,19 @@ def per_position_predictions(model, batch: torch.Tensor, delta: dict[str, torch.
     return out.detach()
 
 
-def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.Tensor], n_tokens: int,
+def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.Tensor], n_tokens: int | None,
                             chunk: int = 16) -> dict[str, float]:
-    """C_g and D(grad) over non-embedding coordinates from per-token gradients (vmap of grad)."""
+    """C_g and D(grad) over non-embedding coordinates from per-token gradients (vmap of grad), over
+    all tokens of the batch (or n_tokens of them), each beside its sign-shuffled baseline: the same
+    per-token terms with random signs, which is what the measure reads when the tokens' pushes on a
+    coordinate are unrelated. Only a measure below its baseline shows interference beyond chance."""
     emb_name = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
     params = {n: p.detach() for n, p in trainable(model).items() if n != emb_name}
     frozen = {n: t.detach() for n, t in list(model.named_parameters()) + list(model.named_buffers()) if n not in params}
     b, s = batch.shape[0], batch.shape[1] - 1
     rng = np.random.default_rng(0)
-    flat = rng.choice(b * s, size=min(n_tokens, b * s), replace=False)
+    flat = rng.choice(b * s, size=b * s if n_tokens is None else min(n_tokens, b * s), replace=False)
+    signs = torch.as_tensor(rng.choice([-1.0, 1.0], size=len(flat)), dtype=torch.float32, device=batch.device)
     seq_idx, pos_idx = torch.as_tensor(flat // s), torch.as_tensor(flat % s)
 
     positions = torch.arange(s, device=batch.device)
@@ -167,26 +171,29 @@ def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.T
         return (per_pos * (positions == pos)).sum()  # select without data-dependent indexing (vmap)
 
     per_token_grad = vmap(grad(loss_at), in_dims=(None, 0, 0))
-    sum_p = {n: torch.zeros_like(p) for n, p in params.items()}
-    sum_abs_p = {n: torch.zeros_like(p) for n, p in params.items()}
-    sum_g = {n: torch.zeros_like(p) for n, p in params.items()}
-    sum_abs_g = {n: torch.zeros_like(p) for n, p in params.items()}
+    sums = {k: {n: torch.zeros_like(p) for n, p in params.items()} for k in ("p", "p_shuf", "abs_p", "g", "g_shuf", "abs_g")}
     for i in range(0, len(flat), chunk):
         g = per_token_grad(params, batch[seq_idx[i : i + chunk]], pos_idx[i : i + chunk])
+        sign = signs[i : i + chunk]
         for n in params:
-            p = g[n] * delta[n]
-            sum_p[n] += p.sum(0)
-            sum_abs_p[n] += p.abs().sum(0)
-            sum_g[n] += g[n].sum(0)
-            sum_abs_g[n] += g[n].abs().sum(0)
-    num = sum(v.abs().sum() for v in sum_p.values())
-    den = sum(v.sum() for v in sum_abs_p.values())
-    g_abs = torch.cat([v.ravel() for v in sum_abs_g.values()])
-    g_sum = torch.cat([v.ravel() for v in sum_g.values()])
-    live = g_abs > 0
-    d_grad = (1 - g_sum[live].abs() / g_abs[live]).mean()
-    return {"C_g": float(num / den) if den > 0 else float("nan"), "D_grad": float(d_grad), "coord_tokens": int(len(flat)),
-            "coord_params": int(sum(p.numel() for p in params.values()))}
+            p, shape = g[n] * delta[n], (-1,) + (1,) * (g[n].dim() - 1)
+            sums["p"][n] += p.sum(0)
+            sums["p_shuf"][n] += (p * sign.view(shape)).sum(0)
+            sums["abs_p"][n] += p.abs().sum(0)
+            sums["g"][n] += g[n].sum(0)
+            sums["g_shuf"][n] += (g[n] * sign.view(shape)).sum(0)
+            sums["abs_g"][n] += g[n].abs().sum(0)
+    flat_sum = {k: torch.cat([v.ravel() for v in d.values()]) for k, d in sums.items()}
+    den, live = flat_sum["abs_p"].sum(), flat_sum["abs_g"] > 0
+
+    def c_g(key):
+        return float(flat_sum[key].abs().sum() / den) if den > 0 else float("nan")
+
+    def d_grad(key):
+        return float((1 - flat_sum[key][live].abs() / flat_sum["abs_g"][live]).mean())
+
+    return {"C_g": c_g("p"), "C_g_shuffled": c_g("p_shuf"), "D_grad": d_grad("g"), "D_grad_shuffled": d_grad("g_shuf"),
+            "coord_tokens": int(len(flat)), "coord_params": int(sum(p.numel() for p in params.values()))}
 
 
 def _measure_batch(k: int, model0, opt_state, spec, data: TokenData, eval_before, lr: float, options: ZslOptions,

@@ -94,7 +94,7 @@ class ZslOptions(StageOptions):
     SECTION: ClassVar[str] = "zsl"
     gradient_view: bool
     coordinate_max_params: int
-    coordinate_tokens: int
+    coordinate_tokens: int | None
     batch_size: int  # = evaluate.batch_size: the micro-batch of every forward pass
 
     @classmethod

@@ -266,8 +266,9 @@ def summary_sections(res: StudyResults) -> list[Section]:
         caveats.append("no trend with size is significant")
     lines, unstable = window_lines(res)
     if lines:
+        cuts = ", ".join(f"{v:g}" for v in sorted({float(v) for w in res.windows.values() for v in w["transient_steps"]}))
         out.append(Section("Fit-window sensitivity", [
-            f"The same test refitted with the transient cut at 50, 100 and 200 steps, over the whole run and its first "
+            f"The same test refitted with the transient cut at {cuts} steps, over the whole run and its first "
             f"two thirds (results/fits/<run>.windows.csv). A break that the training made keeps its verdict and "
             f"moves less than ±{WINDOW_TOLERANCE:.0%}; one that the window made follows the window."], lines))
     if unstable:
@@ -277,20 +278,32 @@ def summary_sections(res: StudyResults) -> list[Section]:
     if caveats:
         out.append(Section("What this run does not show", [], caveats))
     bullets = []
-    d = res.zsl[(res.zsl["split"] == "eval") & (res.zsl["granularity"] == "token")]
-    for run in [r for r in res.runs if r in set(d["run"])]:
+    tok = res.zsl[res.zsl["granularity"] == "token"]
+    for run in [r for r in res.runs if r in set(tok["run"])]:
         t_d = res.t_d(run)
-        r = d[d["run"] == run]
         for variant in ("dt=t", "dt=1"):
-            v = r[r["variant"] == variant]
+            v = tok[(tok["run"] == run) & (tok["variant"] == variant)]
             if not len(v):
                 continue
-            ref = t_d or float(v["step"].max())
-            row = v.iloc[int(np.argmin(np.abs(np.log(v["step"].to_numpy(dtype=float)) - math.log(ref))))]
-            where = f"t_d ≈ {t_d:.0f}" if t_d else "no deceleration detected: last measured step"
-            bullets.append(f"{run}, Δt = {variant[3:]}, step {int(row['step'])} ({where}): D = {row['D']:.3f} ± "
-                           f"{row['D_std']:.3f}, M = {row['M']:.4f}, |ΔL| = {row['dL']:.4f}")
-    out.append(Section("Zero-sum learning around the deceleration step", [], bullets))
+            where = f"t_d ≈ {t_d:.0f}" if t_d else "no deceleration detected"
+            cells = []
+            for step in sorted(v["step"].unique()):
+                by = {row["split"]: row for _, row in v[v["step"] == step].iterrows()}
+                d = " / ".join(f"{by[s]['D']:.2f}" if s in by else "–" for s in ("eval", "heldout"))
+                side = "" if not t_d else (" before" if step + (step if variant == "dt=t" else 1) <= t_d else
+                                           " after" if step >= t_d else " across")
+                cells.append(f"{int(step)}{side}: {d}")
+            bullets.append(f"{run}, Δt = {variant[3:]} ({where}); D eval / held-out at each step: " + "; ".join(cells))
+    coord = _coordinate_lines(res)
+    out.append(Section("Zero-sum learning around the deceleration step", [
+        "Destructive interference D of the per-token loss changes on the evaluation set and on held-out training "
+        "batches, side by side; for Δt = 1 the held-out batch is the one the step was taken on. A step is 'before' "
+        "or 'after' t_d when the whole change lies on that side."], bullets))
+    if coord:
+        out.append(Section("Coordinate-wise interference (Δt = 1)", [
+            "C_g and D(grad) over the tokens of the stepped batch (all of them unless zsl.coordinate_tokens says), each beside its sign-shuffled baseline (the same "
+            "per-token terms with random signs: the chance level). Interference beyond chance shows as C_g below, "
+            "or D(grad) above, its baseline."], coord))
     return out
 
 
@@ -302,7 +315,7 @@ def window_lines(res: StudyResults) -> tuple[list[str], list[str]]:
     lines, unstable = [], []
     for run in [r for r in res.runs if r in res.windows]:
         w = res.windows[run]
-        verdicts = w["verdict"].value_counts()
+        verdicts = w.loc[w["verdict"] != "unfit", "verdict"].value_counts()
         text = ", ".join(f"{v} ×{n}" for v, n in verdicts.items())
         t_d = w.loc[w["verdict"] == "deceleration", "t_d"].astype(float)
         main = res.fits[run].derived()["t_d"]
@@ -310,8 +323,20 @@ def window_lines(res: StudyResults) -> tuple[list[str], list[str]]:
         if len(verdicts) > 1 or not moved <= WINDOW_TOLERANCE:
             unstable.append(run)
         where = f"; t_d {t_d.min():.0f}–{t_d.max():.0f} where a deceleration is found" if len(t_d) else ""
-        lines.append(f"{run}: {text} over {len(w)} windows{where}")
+        lines.append(f"{run}: {text} over {int(verdicts.sum())} windows{where}")
     return lines, unstable
+
+
+def _coordinate_lines(res: StudyResults) -> list[str]:
+    z = res.zsl[(res.zsl["variant"] == "dt=1") & (res.zsl["granularity"] == "token") & (res.zsl["split"] == "heldout")]
+    if "C_g_shuffled_mean" not in z or z["C_g_shuffled_mean"].isna().all():
+        return []
+    out = []
+    for run in [r for r in res.runs if r in set(z["run"])]:
+        cells = [f"{int(r['step'])} ({int(r['coord_tokens_mean']):,} tokens): C_g {r['C_g_mean']:.3f} (shuffled {r['C_g_shuffled_mean']:.3f}), D(grad) "
+                 f"{r['D_grad_mean']:.3f} ({r['D_grad_shuffled_mean']:.3f})" for _, r in z[z["run"] == run].sort_values("step").iterrows()]
+        out.append(f"{run}: " + "; ".join(cells))
+    return out
 
 
 def summary_markdown(res: StudyResults) -> str:
