@@ -1,0 +1,14 @@
+"""Performance benchmarks and the calibration of the break test; both write their tables into
+Markdown files between markers, so the README's numbers come from runs."""
+
+from pathlib import Path
+
+
+def replace_block(path: Path, name: str, text: str) -> None:
+    """Replace what lies between the <!-- name:start --> and <!-- name:end --> markers of a Markdown file."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    doc = path.read_text()
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{path}: no {start} ... {end} block to replace")
+    head, rest = doc.split(start, 1)
+    path.write_text(head + start + "\n" + text + rest[rest.index(end):])

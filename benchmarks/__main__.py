@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import replace_block
+
 REPO = Path(__file__).resolve().parents[1]
 CASES = {}
 
@@ -330,11 +332,23 @@ def paper_dag_dryrun(env):
                 f"includes {probe:.1f} s of the SLURM plugin's `scontrol show config` probe")]
 
 
+def markdown_table(rows: list[dict], quick: bool) -> str:
+    def num(v, fmt):
+        return "" if v is None else format(v, fmt)
+
+    lines = [f"Latest figures ({'--quick, ' if quick else ''}this machine, {time.strftime('%Y-%m-%d')}):", "",
+             "| case | value | unit | baseline | ratio | what |", "|---|---:|---|---:|---:|---|"]
+    lines += [f"| `{r['name']}` | {num(r['value'], '.4g')} | {r['unit']} | {num(r['baseline'], '.4g')} | "
+              f"{num(r['ratio'], '.3g')} | {r['note']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller workloads (about 5 minutes here)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--only", nargs="*", choices=sorted(CASES), help="run only these cases")
+    p.add_argument("--readme", type=Path, help="replace the benchmarks block of this Markdown file with the table")
     args = p.parse_args(argv)
     env = Env(args.quick)
     rows = []
@@ -350,6 +364,8 @@ def main(argv=None) -> None:
         base = "" if r["baseline"] is None else f"{r['baseline']:.4g}"
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.3g}"
         print(f"{r['name']:<{width}}  {r['value']:>12.4g}  {r['unit']:<10} {base:>12}  {ratio:>8}")
+    if args.readme:
+        replace_block(args.readme, "benchmarks", markdown_table(rows, args.quick))
     if args.json:
         args.json.write_text(json.dumps({"cases": rows, "quick": args.quick, "python": sys.version.split()[0]}, indent=2))
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks import replace_block
 from scaledyn.breaktest import break_statistic, classify
 from scaledyn.curve import log_moving_average, log_subsample_mask, validate_curve
 from scaledyn.fit import DERIVED, LOG_SCALE, bootstrap_intervals, derived, fit_curve, on_scale, prepare_fit
@@ -253,16 +254,6 @@ def markdown(df: pd.DataFrame) -> str:
             lines.append(f"| {r['params']}, {r['noise']} | {r['length']:,} | {r['form']} | {_pct(w[rate])} | "
                          f"{_pct(r[rate])} | {cov} |")
     return "\n".join(lines) + "\n"
-
-
-def replace_block(path: Path, name: str, text: str) -> None:
-    """Replace what lies between the <!-- name:start --> and <!-- name:end --> markers of a Markdown file."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    doc = path.read_text()
-    if start not in doc or end not in doc:
-        raise SystemExit(f"{path}: no {start} ... {end} block to replace")
-    head, rest = doc.split(start, 1)
-    path.write_text(head + start + "\n" + text + rest[rest.index(end):])
 
 
 def main(argv=None) -> None:

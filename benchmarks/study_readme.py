@@ -8,7 +8,7 @@ import argparse
 import re
 from pathlib import Path
 
-from benchmarks.calibrate_breaks import replace_block
+from benchmarks import replace_block
 
 
 def study_block(results: Path, time_file: Path | None) -> str:
