@@ -118,3 +118,19 @@ def test_summary_claims_only_what_verdicts_support(res):
     assert "one seed per size" in text
     text = report.summary_markdown(with_a_break(res))
     assert "deceleration at t_d =" in text and "95% CI" in text
+
+
+def test_summary_says_plainly_when_no_deceleration_survives_the_windows(res):
+    """A deceleration verdict in the default window alone is not the study's finding."""
+    windows = {r: pd.DataFrame({"transient_steps": [50, 100, 200], "end_step": 3000, "verdict": v,
+                                "t_d": [400.0, 500.0, 900.0]})
+               for r, v in zip(res.runs, (["smooth_bend", "deceleration", "power_law"], ["deceleration"] * 3))}
+    broke = with_a_break(res)
+    unstable_only = dataclasses.replace(broke, windows={r: windows[res.runs[0]] for r in res.runs})
+    text = report.summary_markdown(unstable_only)
+    assert "this run does not show an abrupt deceleration at this scale" in text
+    assert "change verdict or move t_d by more than ±25%" in text
+    t_d = broke.fits["tiny-6k_s0"].derived()["t_d"]
+    steady = {r: windows[r].assign(verdict="deceleration", t_d=[t_d * 0.9, t_d, t_d * 1.1]) for r in res.runs}
+    text = report.summary_markdown(dataclasses.replace(broke, windows=steady))
+    assert "does not show an abrupt deceleration at this scale" not in text

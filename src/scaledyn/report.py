@@ -34,15 +34,16 @@ BREAKS = ("deceleration", "acceleration")
 
 def plain_log_ticks(ax) -> None:
     """Log axes labelled 20, 50, 100 rather than 2 x 10^1: easier to read off, and no overlapping
-    minor labels (minor ticks are labelled only where a decade holds few major ones)."""
+    minor labels (every minor tick labelled within one decade, 2x and 5x within two, none beyond)."""
     plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    two_five = ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else "")
     for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
         if scale != "log":
             continue
         lo, hi = sorted(axis.get_view_interval())
         axis.set_major_formatter(plain)
-        few = np.log10(hi / lo) < 1.2 if lo > 0 else False
-        axis.set_minor_formatter(plain if few else ticker.NullFormatter())
+        decades = np.log10(hi / lo) if lo > 0 else np.inf
+        axis.set_minor_formatter(plain if decades < 1 else two_five if decades < 2 else ticker.NullFormatter())
 
 
 def fmt_n(n: float) -> str:
@@ -164,21 +165,24 @@ def fig_zsl(res: StudyResults, variant: str, split: str = "eval", granularity: s
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
     table = res.zsl
     d = table[(table["variant"] == variant) & (table["split"] == split) & (table["granularity"] == granularity)]
-    for run in [r for r in res.runs if r in set(d["run"])]:
+    shown = [r for r in res.runs if r in set(d["run"])]
+    for i, run in enumerate(shown):
         r = d[d["run"] == run].sort_values("step")
+        nudge = 1 + 0.04 * (i - (len(shown) - 1) / 2)  # side by side at a shared step, so error bars do not overlap
         for ax, m in zip(axes, zsl.METRICS):
             std = r[f"{m}_std"].astype(float).fillna(0)
             if variant == "dt=t":
                 ax.plot(r["step"], r[m], "o-", color=res.color(run), label=res.label(run), ms=3)
                 ax.fill_between(r["step"], r[m] - std, r[m] + std, color=res.color(run), alpha=0.15)
             else:  # a few measured checkpoints: points with error bars, no line implying a trend
-                ax.errorbar(r["step"], r[m], yerr=std, fmt="o", capsize=3, color=res.color(run), label=res.label(run))
+                ax.errorbar(r["step"] * nudge, r[m], yerr=std, fmt="o", capsize=3, color=res.color(run), label=res.label(run))
     for ax, m, label in zip(axes, zsl.METRICS, ("D (destructive interference)", "M (mean |change|)", "|ΔL|")):
         ax.set(xlabel="checkpoint step t", ylabel=label)
         if len(d):
             ax.set_xscale("log")
             if m != "D" and (d[m] > 0).all():
                 ax.set_yscale("log")
+            plain_log_ticks(ax)
         else:
             ax.text(0.5, 0.5, f"no {variant} measurements in this study", ha="center", transform=ax.transAxes)
     if len(d):
@@ -271,6 +275,10 @@ def summary_sections(res: StudyResults) -> list[Section]:
             f"The same test refitted with the transient cut at {cuts} steps, over the whole run and its first "
             f"two thirds (results/fits/<run>.windows.csv). A break that the training made keeps its verdict and "
             f"moves less than ±{WINDOW_TOLERANCE:.0%}; one that the window made follows the window."], lines))
+    stable = [r for r in res.runs if res.fits[r].verdict == "deceleration" and r in res.windows and r not in unstable]
+    if res.windows and not stable:
+        caveats.insert(0, "no run shows an abrupt deceleration that holds across fit windows: the curves depart from "
+                          "a power law, but this run does not show an abrupt deceleration at this scale")
     if unstable:
         caveats.append(f"{len(unstable)} of {len(res.windows)} runs change verdict or move t_d by more than "
                        f"±{WINDOW_TOLERANCE:.0%} across fit windows ({', '.join(unstable)}): their breaks are not "
