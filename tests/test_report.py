@@ -37,7 +37,7 @@ def test_outputs_exist(tiny_study):
     for ext in ("csv", "md", "tex"):
         assert out.table(ext).exists()
     summary = out.summary.read_text()
-    assert "tiny-1k_s0" in summary and "Zero-sum learning" in summary and "D = " in summary
+    assert "tiny-1k_s0" in summary and "Zero-sum learning" in summary and "D eval / held-out" in summary
     assert "```" not in summary  # renders as Markdown, not a code block
 
 

@@ -68,7 +68,7 @@ def test_incremental_reruns(tiny_study, tmp_path):
         fit = copy.deepcopy(base)
         fit["fit"]["transient_steps"] = 8
         jobs = planned(run_workflow(work, fit, "-n"))
-        assert set(jobs) == {"fit_run", "fit_scaling", "report", "all"} and jobs["fit_run"] == 2
+        assert set(jobs) == {"fit_run", "fit_windows", "fit_scaling", "report", "all"} and jobs["fit_run"] == jobs["fit_windows"] == 2
     finally:
         (work / "config.yaml").write_text(cfg)
 
