@@ -32,7 +32,7 @@ def study_block(results: Path, time_file: Path | None) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
-    p.add_argument("--time", type=Path, help="GNU time -v output of the run")
+    p.add_argument("--time", type=Path, help="the run's timing: GNU `time -v` output, or bash's `time`")
     p.add_argument("--readme", type=Path, default=Path("README.md"))
     args = p.parse_args(argv)
     replace_block(args.readme, "study", study_block(args.results, args.time))

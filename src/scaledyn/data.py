@@ -42,9 +42,9 @@ ENCODE_BATCH = 256  # documents per tokenizer call
 
 
 def stdlib_files() -> list[Path]:
-    """The running Python's own standard-library sources with its test suite (UTF-8 files) (about 31 MB, 10M
-    tokens at a 2,048-token BPE: enough for the default study's single pass), without site-packages,
-    which differ from machine to machine."""
+    """The running Python's own standard-library sources and test suite, UTF-8 files only (about
+    31 MB, 10M tokens at a 2,048-token BPE: enough for the default study's single pass), without
+    site-packages, which differ from machine to machine."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "__pycache__"}
     return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts) and _is_utf8(p))

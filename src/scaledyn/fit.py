@@ -376,10 +376,10 @@ def window_sensitivity(curve: Curve, options: FitOptions, ends=(1.0, 2 / 3)) -> 
             except CurveError as e:
                 rows.append({**row, "verdict": "unfit", "note": str(e)})
                 continue
-            d, ci = f.derived(), f.conf_int()
-            rows.append({**row, "verdict": f.verdict, "p_value": f.test.p_value, "t_d": d["t_d"],
-                         "t_d_low": (ci["t_d"] or [None])[0], "t_d_high": (ci["t_d"] or [None, None])[1],
-                         "slope_ratio": d["slope_ratio"], "note": ""})
+            d = f.derived()
+            low, high = f.conf_int()["t_d"] or (None, None)
+            rows.append({**row, "verdict": f.verdict, "p_value": f.test.p_value, "t_d": d["t_d"], "t_d_low": low,
+                         "t_d_high": high, "slope_ratio": d["slope_ratio"], "note": ""})
     return rows
 
 

@@ -327,8 +327,8 @@ def window_lines(res: StudyResults) -> tuple[list[str], list[str]]:
         text = ", ".join(f"{v} ×{n}" for v, n in verdicts.items())
         t_d = w.loc[w["verdict"] == "deceleration", "t_d"].astype(float)
         main = res.fits[run].derived()["t_d"]
-        moved = float(np.max(np.abs(t_d / main - 1))) if len(t_d) else math.nan
-        if len(verdicts) > 1 or not moved <= WINDOW_TOLERANCE:
+        moved = float(np.max(np.abs(t_d / main - 1))) if len(t_d) else 0.0  # no break found: nothing moved
+        if len(verdicts) > 1 or moved > WINDOW_TOLERANCE:
             unstable.append(run)
         where = f"; t_d {t_d.min():.0f}–{t_d.max():.0f} where a deceleration is found" if len(t_d) else ""
         lines.append(f"{run}: {text} over {int(verdicts.sum())} windows{where}")
