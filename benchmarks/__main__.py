@@ -240,9 +240,9 @@ def fit_curve_seconds(env):
     out = []
     for T, aim in ((262144, "< 10 s"), (3000, "< 3 s")):
         c = _break_curve(T)
-        f = prepare_fit(c, FitOptions())
+        f = prepare_fit(c, FitOptions.defaults())
         t_ref, _ = timed(fit_reference, f.x, f.y)
-        t_fit, r = timed(fit_curve, c, FitOptions())
+        t_fit, r = timed(fit_curve, c, FitOptions.defaults())
         out.append(row(f"fit_curve_{T}_seconds", t_fit, "s", t_ref, t_fit / t_ref,
                        f"aim {aim}; verdict {r.verdict}, {r.test.draws} test draws + {len(r.roots)} interval draws; "
                        f"baseline: one reference dogbox start (d1_est = 6000), no test, no intervals"))
