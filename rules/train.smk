@@ -22,6 +22,9 @@ rule train:
         **cluster(gpu=True),
         gpu=lambda w: train_gpus(w.run),
         nodes=lambda w: train_nodes(w.run),
+        mpi=lambda w: "srun" if train_nodes(w.run) > 1 else None,
+        tasks=lambda w: train_nodes(w.run) if train_nodes(w.run) > 1 else None,
+        tasks_per_gpu=0,
         runtime=lambda w, attempt: SLURM["train_runtime_min"] * attempt,
         mem_mb=lambda w, attempt: SLURM["train_mem_mb"] * attempt,
     params:

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from . import atomic
 from .errors import CheckpointError, WriteError
+from .launch import node_name
 from .layout import DataPaths, RunPaths
 from .optim import depends_on_total
 from .options import RunSpec
@@ -150,7 +151,7 @@ class Checkpointer:
     def save(self, step: int, kind: str, model, optimizer) -> Path:
         """Write checkpoint `step` atomically, mark it if scheduled, prune what is no longer needed."""
         state = {"step": step, "tokens_seen": step * self.spec.batch_size * self.spec.seq_len, "kind": kind,
-                 "run": self.spec.name, "spec": json_norm(asdict(self.spec)), **self.counts}
+                 "run": self.spec.name, "node": node_name(), "spec": json_norm(asdict(self.spec)), **self.counts}
         path = self.paths.checkpoint(step)
         try:
             with atomic.atomic_dir(path) as tmp:

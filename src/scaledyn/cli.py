@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("launch", cmd_launch, "Run a scaledyn subcommand under accelerate launch (multi-GPU, multi-node via srun).")
     sp.add_argument("--gpus", type=int, default=0, help="GPUs per node (0 = CPU)")
     sp.add_argument("--nodes", type=int, default=1, help="nodes")
-    sp.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node")
+    sp.add_argument("--port", type=int, help="rendezvous port on the first node (default: 20000 + SLURM job id mod 10000, "
+                    "or 29500 outside SLURM)")
     sp.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     sp.add_argument("command", nargs=argparse.REMAINDER, help="-- then the scaledyn subcommand and its arguments")
 
@@ -286,6 +287,8 @@ def _at_least(n: int):
 
 
 def main(argv=None) -> None:
+    from .launch import leave_process_group
+
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
@@ -295,6 +298,8 @@ def main(argv=None) -> None:
     except OSError as e:  # a full disk, a read-only or missing directory: the path and the OS's reason
         where = f"{e.filename}: " if e.filename else ""
         sys.exit(f"scaledyn {args.cmd}: error: {where}{e.strerror or e}")
+    finally:
+        leave_process_group()
 
 
 if __name__ == "__main__":

@@ -21,13 +21,14 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from . import atomic, checkpoint
 from .data import TokenData
 from .errors import CheckpointError, DataError, Diverged, RunLocked
 from .hashing import sha256
-from .launch import accelerator
+from .launch import accelerator, whereabouts
 from .layout import DataPaths, RunPaths
 from .model import build_model, param_counts
 from .optim import lr_at, make_optimizer, set_lr
@@ -213,13 +214,13 @@ def take_run(spec: RunSpec, acc, paths: RunPaths, ckpt: checkpoint.Checkpointer)
     return rows, logged, lock
 
 
-def finish_run(spec: RunSpec, paths: RunPaths, counts: dict, vocab: int, world: int, bf16: bool) -> dict:
+def finish_run(spec: RunSpec, paths: RunPaths, counts: dict, vocab: int, ranks: list[dict], bf16: bool) -> dict:
     """The complete log beside run.json, the workflow's markers, and run.json itself."""
     checkpoint.Checkpointer(spec, counts).mark_all()
     atomic.write_text(paths.train_log, paths.live_log.read_text())
     result = {"run": spec.name, "size": spec.size.name, "seed": spec.seed, **counts, "vocab_size": vocab, "d_model": spec.size.d_model,
               "n_layers": spec.size.n_layers, "n_heads": spec.size.n_heads, "steps": spec.steps,
-              "tokens_per_step": spec.batch_size * spec.seq_len, "processes": world, "precision": "bf16" if bf16 else "fp32",
+              "tokens_per_step": spec.batch_size * spec.seq_len, "processes": len(ranks), "ranks": ranks, "precision": "bf16" if bf16 else "fp32",
               "data_manifest_sha256": sha256(DataPaths(spec.data_dir).manifest),
               "spec": checkpoint.json_norm(asdict(spec))}
     atomic.write_json(paths.run_json, result)
@@ -279,10 +280,10 @@ def train(spec: RunSpec) -> dict:
                 print(f"{spec.name}: stop requested; saved step {step}, exiting {PREEMPTED_EXIT} to be retried", file=sys.stderr)
             sys.exit(PREEMPTED_EXIT)
     bar.close()
-    result = {}
+    result, ranks = {}, gather_object([whereabouts(acc.process_index)])
     if acc.is_main_process:
         log.flush()
-        result = finish_run(spec, paths, counts, data.model_vocab_size, acc.num_processes, bf16)
+        result = finish_run(spec, paths, counts, data.model_vocab_size, ranks, bf16)
     acc.wait_for_everyone()
     return result
 
