@@ -22,6 +22,9 @@ rule train:
         **cluster(gpu=True),
         gpu=lambda w: train_gpus(w.run),
         nodes=lambda w: train_nodes(w.run),
+        # A multi-node job launches its own srun (scaledyn.launch): `mpi` keeps the SLURM executor
+        # from wrapping it in another step, `tasks` asks for one per node, and tasks_per_gpu=0
+        # stops the executor from reading `tasks` as tasks per GPU on GPU jobs.
         mpi=lambda w: "srun" if train_nodes(w.run) > 1 else None,
         tasks=lambda w: train_nodes(w.run) if train_nodes(w.run) > 1 else None,
         tasks_per_gpu=0,

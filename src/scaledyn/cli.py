@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ScaledynError
+from .launch import leave_process_group
 
 
 def _stage_options(cls, args, **flags):
@@ -287,8 +288,6 @@ def _at_least(n: int):
 
 
 def main(argv=None) -> None:
-    from .launch import leave_process_group
-
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
