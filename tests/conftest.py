@@ -83,5 +83,14 @@ def log_rows(path) -> list[tuple]:
         return [tuple(v for k, v in r.items() if k != "tokens_per_s") for r in csv.DictReader(f)]
 
 
+def slurm_args(*extra: str) -> list[str]:
+    """The workflow's SLURM profile, sized to this 2-CPU node (a group of 4 evaluation jobs, the
+    profile's default, would never start) and polled every few seconds rather than the executor's
+    40 s before the first status check, which dominate a tiny job's wall time."""
+    return ["--group-components", "eval=2", "--profile", str(REPO / "profiles" / "slurm"), "--jobs", "4",
+            "--latency-wait", "5", "--slurm-init-seconds-before-status-checks", "2",
+            "--seconds-between-status-checks", "3", *extra]
+
+
 def has(cmd: str) -> bool:
     return shutil.which(cmd) is not None

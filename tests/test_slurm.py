@@ -11,7 +11,7 @@ import yaml
 
 from scaledyn.layout import Layout
 
-from conftest import REPO, TINY, has, run_workflow
+from conftest import REPO, TINY, has, run_workflow, slurm_args
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not has("sbatch"), reason="sbatch not installed")]
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -23,12 +23,6 @@ def slurm():
     assert up.returncode == 0, up.stdout + up.stderr
     yield
     subprocess.run(["bash", str(CLUSTER), "down"], capture_output=True, text=True)
-
-
-def slurm_args(*extra):
-    # This node has 2 CPUs: a group of 4 evaluation jobs (the profile's default) would never start.
-    return ["--group-components", "eval=2", "--profile", str(REPO / "profiles" / "slurm"), "--jobs", "4",
-            "--latency-wait", "5", *extra]
 
 
 def schema_of(study: Layout) -> dict:
