@@ -37,13 +37,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 study: setup
 	snakemake --cores $(CORES)
 
-# A real single-node SLURM for the `slurm` tests (they start and stop it themselves): Debian's
-# slurm-wlm and munge, installed only where that is possible (root, apt-get) and not done yet.
+# A real SLURM for the `slurm` and `multinode` tests (they start and stop it themselves): Debian's
+# slurm-wlm and munge, and iproute2 for the two-node cluster's network namespaces, installed only
+# where that is possible (root, apt-get) and not done yet.
 slurm-deps:
-	@if ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then \
+	@if ! command -v sbatch >/dev/null || ! command -v munged >/dev/null || ! command -v ip >/dev/null; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	        DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null; \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge iproute2 >/dev/null; \
 	    else \
 	        echo "no slurm-wlm/munge and no root apt-get: the SLURM tests will be skipped"; \
 	    fi; \
