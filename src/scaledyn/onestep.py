@@ -63,12 +63,11 @@ def fp32():
 
 
 def load_for_step(ckpt: Path):
-    """(model in fp32 with eager attention so forward-mode AD works everywhere, optimizer with the
-    checkpoint's state, run spec, that optimizer state for fresh copies)."""
+    """(model in fp32 with training's attention kernel, optimizer with the checkpoint's state, run
+    spec, that optimizer state for fresh copies)."""
     state, opt_state, _ = checkpoint.load_training_state(ckpt)
     spec = RunSpec.from_dict(state["spec"])
     model = load_model(ckpt, dtype=torch.float32)
-    model.config._attn_implementation = "eager"
     optimizer = make_optimizer(model, spec)
     try:
         optimizer.load_state_dict(opt_state)
@@ -104,6 +103,20 @@ def one_step(model, optimizer, batch: torch.Tensor, lr: float, micro: int | None
     model.eval()
 
 
+@contextlib.contextmanager
+def eager_attention(model):
+    """Forward-mode AD and vmap(grad) need eager attention: fused SDPA kernels have no forward-mode
+    derivative. Only these passes use it; in the step's backward pass eager attention would keep
+    every layer's (heads, seq, seq) probabilities, twice the activation memory of SDPA at seq 1024
+    (benchmarks/onestep_memory.py)."""
+    impl = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = impl
+
+
 def trainable(model) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
@@ -112,7 +125,8 @@ def jvp_predictions(model, batch: torch.Tensor, delta: dict[str, torch.Tensor], 
     """Predicted per-token loss changes grad l_i . dtheta, shape (batch, seq_len - 1), one
     forward-mode pass per micro-batch."""
     m = micro or len(batch)
-    return torch.cat([_jvp(model, batch[i : i + m], delta) for i in range(0, len(batch), m)])
+    with eager_attention(model):
+        return torch.cat([_jvp(model, batch[i : i + m], delta) for i in range(0, len(batch), m)])
 
 
 def _jvp(model, batch: torch.Tensor, delta: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -173,7 +187,8 @@ def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.T
     per_token_grad = vmap(grad(loss_at), in_dims=(None, 0, 0))
     sums = {k: {n: torch.zeros_like(p) for n, p in params.items()} for k in ("p", "p_shuf", "abs_p", "g", "g_shuf", "abs_g")}
     for i in range(0, len(flat), chunk):
-        g = per_token_grad(params, batch[seq_idx[i : i + chunk]], pos_idx[i : i + chunk])
+        with eager_attention(model):
+            g = per_token_grad(params, batch[seq_idx[i : i + chunk]], pos_idx[i : i + chunk])
         sign = signs[i : i + chunk]
         for n in params:
             p, shape = g[n] * delta[n], (-1,) + (1,) * (g[n].dim() - 1)
