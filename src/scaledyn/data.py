@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import platform
 import sys
 import sysconfig
@@ -47,7 +48,11 @@ def stdlib_files() -> list[Path]:
     site-packages, which differ from machine to machine."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "__pycache__"}
-    return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts) and _is_utf8(p))
+    files = []
+    for d, dirs, names in os.walk(root):  # pruned, unlike rglob, which would walk all of site-packages
+        dirs[:] = [x for x in dirs if x not in skip]
+        files += [Path(d, n) for n in names if n.endswith(".py")]
+    return sorted(p for p in files if _is_utf8(p))
 
 
 def _is_utf8(path: Path) -> bool:
@@ -330,7 +335,9 @@ def prepare_slice(data: DataOptions, out: str | Path, k: int) -> dict:
 
     def encode(items):
         for (i, _), enc in zip(items, backend.encode_batch_fast([d for _, d in items], add_special_tokens=False)):
-            ids = np.fromiter((*enc.ids, eos), dtype=writer.dtype, count=len(enc.ids) + 1)
+            tokens = enc.ids
+            ids = np.empty(len(tokens) + 1, dtype=writer.dtype)
+            ids[:-1], ids[-1] = tokens, eos
             writer.add(ids[start_offset:] if i == start_doc else ids, i)
 
     for i, doc in enumerate(tqdm(source.documents(k), desc=f"slice {k}", unit="doc", leave=False, mininterval=2)):
