@@ -22,6 +22,7 @@ import os
 import platform
 import sys
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,8 +201,9 @@ class Source:
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def train_bpe(docs: list[str], vocab_size: int):
-    """Byte-level BPE as GPT-2/NeoX use, as a transformers tokenizer."""
+def train_bpe(docs: Iterator[str], vocab_size: int):
+    """Byte-level BPE as GPT-2/NeoX use, as a transformers tokenizer. The trainer keeps word counts,
+    not documents, so a streamed sample costs memory by its distinct words, not its length."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -210,30 +212,23 @@ def train_bpe(docs: list[str], vocab_size: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
+    tok.train_from_iterator(docs, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
 
 
-def sample_documents(source: Source, k: int, seed: int) -> list[str]:
-    """A seeded reservoir sample (Algorithm R) of k non-empty documents, in stream order: bounded
-    memory over any corpus, and the whole corpus when it holds no more than k documents."""
-    rng = np.random.default_rng([seed, 1])
-    picked: list[tuple[int, str]] = []
-    i = 0
-    for s in range(source.slices()):
-        for doc in source.documents(s):
-            if not doc.strip():
-                continue
-            if i < k:
-                picked.append((i, doc))
-            else:
-                j = int(rng.integers(0, i + 1))
-                if j < k:
-                    picked[j] = (i, doc)
-            i += 1
-    if not picked:
+def _nonempty_documents(source: Source) -> Iterator[str]:
+    return (doc for s in range(source.slices()) for doc in source.documents(s) if doc.strip())
+
+
+def sample_documents(source: Source, k: int, seed: int) -> Iterator[str]:
+    """A seeded sample of k non-empty documents, in stream order, streamed in two passes (count,
+    then pick): memory holds one document at a time however long the corpus or the sample; the
+    whole corpus when it holds no more than k documents."""
+    n = sum(1 for _ in _nonempty_documents(source))
+    if n == 0:
         raise DataError(f"corpus ({source.kind}): no non-empty documents")
-    return [d for _, d in sorted(picked)]
+    picked = set(np.random.default_rng([seed, 1]).choice(n, size=min(k, n), replace=False).tolist())
+    return (doc for i, doc in enumerate(_nonempty_documents(source)) if i in picked)
 
 
 def prepare_tokenizer(data: DataOptions, out: str | Path) -> None:

@@ -10,12 +10,16 @@ import numpy as np
 
 
 def sha256(obj) -> str:
+    """Arrays are hashed in place and files in 1 MiB reads: a shard is never copied to be hashed."""
+    h = hashlib.sha256()
     if isinstance(obj, Path):
-        data = obj.read_bytes()
+        with open(obj, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
     elif isinstance(obj, np.ndarray):
-        data = np.ascontiguousarray(obj).tobytes()
+        h.update(np.ascontiguousarray(obj).data)
     elif isinstance(obj, bytes):
-        data = obj
+        h.update(obj)
     else:  # JSON-able: canonical form, so equal content gives an equal hash
-        data = json.dumps(obj, sort_keys=True).encode()
-    return hashlib.sha256(data).hexdigest()
+        h.update(json.dumps(obj, sort_keys=True).encode())
+    return h.hexdigest()
