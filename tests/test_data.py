@@ -189,3 +189,38 @@ def test_cli_prepare_data_reports_counts(tmp_path):
     assert out.returncode == 0, out.stderr
     assert re.search(r"^\S+: [\d,]+ tokens, vocabulary \d+, [\d,]+ training sequences of 16$", out.stdout.strip())
     assert (tmp_path / "r" / "data" / "manifest.json").exists()
+
+
+def test_tokenizer_sample_of_a_larger_corpus(tmp_path):
+    """The BPE sample: exactly k non-empty documents, in stream order, the same for one seed and
+    another set for another seed, across slices; the whole corpus when it holds no more than k."""
+    from scaledyn.data import sample_documents
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "" if i % 7 == 0 else f"doc {i}"}) + "\n" for i in range(200)))
+    options = dataclasses.replace(files_cfg([corpus], "jsonl"), slices=1)
+    nonempty = [d for d in documents(options) if d]
+
+    def sample(k, seed):
+        return list(sample_documents(Source(options), k, seed))
+
+    picked = sample(20, 0)
+    assert len(picked) == len(set(picked)) == 20 and set(picked) <= set(nonempty)
+    assert picked == sorted(picked, key=nonempty.index)  # stream order
+    assert sample(20, 0) == picked and sample(20, 1) != picked
+    assert sample(10_000, 0) == nonempty
+    corpus.write_text(json.dumps({"text": ""}) + "\n")
+    with pytest.raises(DataError, match="no non-empty documents"):
+        sample(5, 0)
+
+
+def test_content_hash_streams_files_and_hashes_array_views_by_content(tmp_path):
+    import hashlib
+
+    from scaledyn.hashing import sha256
+
+    a = np.arange(3_000_000, dtype=np.uint16)
+    path = tmp_path / "a.bin"
+    a.tofile(path)  # 6 MB: several 1 MiB reads
+    assert sha256(path) == sha256(a) == hashlib.sha256(a.tobytes()).hexdigest()
+    assert sha256(a[::2]) == hashlib.sha256(a[::2].copy().tobytes()).hexdigest()
