@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,31 @@ def slurm_args(*extra: str) -> list[str]:
     return ["--group-components", "eval=2", "--profile", str(REPO / "profiles" / "slurm"), "--jobs", "4",
             "--latency-wait", "5", "--slurm-init-seconds-before-status-checks", "2",
             "--seconds-between-status-checks", "3", *extra]
+
+
+def preempt_on_slurm(work: Path, config: dict, run: str) -> str:
+    """Run the workflow for `run` through the SLURM profile, send its train job SIGTERM (as a
+    pre-emption does) once 300 steps are logged, and let SLURM requeue it to the end. Returns
+    Snakemake's output."""
+    from scaledyn.layout import Layout
+
+    work.mkdir(exist_ok=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+           *slurm_args(f"results/runs/{run}/run.json")]
+    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    live_log = Layout(work / "results").run(run).live_log
+    t0 = time.time()
+    while not (live_log.exists() and sum(1 for _ in open(live_log)) > 300):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() - t0 < 300, "training never got going"
+        time.sleep(0.2)
+    jobid = next(line.split()[0] for line in subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i %k"], capture_output=True,
+                                                            text=True).stdout.splitlines() if "rule_train" in line)
+    subprocess.run(["scancel", "--signal=TERM", jobid], check=True)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    return out
 
 
 def has(cmd: str) -> bool:

@@ -10,11 +10,10 @@ import sys
 import time
 
 import pytest
-import yaml
 
 from scaledyn.layout import Layout
 
-from conftest import REPO, TINY, has, log_rows, run_workflow, slurm_args
+from conftest import REPO, TINY, has, log_rows, preempt_on_slurm, run_workflow, slurm_args
 
 
 def _namespaces_work() -> bool:
@@ -98,23 +97,10 @@ def test_preempted_two_node_training_resumes_exactly(two_nodes, tmp_path):
     a step, rank 0 saves it, the job is requeued and resumes; the log has every step once."""
     steps = 4000
     work = tmp_path / "study"
-    work.mkdir()
-    (work / "config.yaml").write_text(yaml.safe_dump(config(steps)))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-           *slurm_args(f"results/runs/{RUN}/run.json")]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    preempt_on_slurm(work, config(steps), RUN)
     layout = Layout(work / "results")
     run = layout.run(RUN)
-    while not (run.live_log.exists() and sum(1 for _ in open(run.live_log)) > 300):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() - t0 < 300, "training never got going"
-        time.sleep(0.2)
-    jobid = next(line.split()[0] for line in subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i %k"], capture_output=True,
-                                                            text=True).stdout.splitlines() if "rule_train" in line)
-    subprocess.run(["scancel", "--signal=TERM", jobid], check=True)
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-4000:]
     print(f"2-node pre-emption and resume through SLURM: {time.time() - t0:.0f} s")
     assert [r[0] for r in log_rows(run.train_log)] == [str(s) for s in range(1, steps + 1)]  # nothing lost or repeated
     log = layout.log("train", RUN).read_text()

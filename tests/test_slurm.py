@@ -2,16 +2,13 @@
 
 import copy
 import subprocess
-import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from scaledyn.layout import Layout
 
-from conftest import REPO, TINY, has, run_workflow, slurm_args
+from conftest import REPO, TINY, has, preempt_on_slurm, run_workflow, slurm_args
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not has("sbatch"), reason="sbatch not installed")]
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -49,22 +46,8 @@ def test_preempted_training_resumes(slurm, tmp_path):
     cfg["train"].update(steps=2500, flush_every=1)
     cfg["zsl"]["dt1_steps"] = []
     cfg["data"]["allow_repeat"] = True  # 2,500 steps of 8 sequences is 1.1 passes over the tiny corpus
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           *slurm_args(), "results/runs/tiny-1k_s0/run.json"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    preempt_on_slurm(tmp_path, cfg, "tiny-1k_s0")
     run = Layout(tmp_path / "results").run("tiny-1k_s0")
-    state_log = run.live_log
-    t0 = time.time()
-    while not (state_log.exists() and sum(1 for _ in open(state_log)) > 300):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() - t0 < 300, "training never got going"
-        time.sleep(0.5)
-    jobid = next(line.split()[0] for line in subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i %k"], capture_output=True,
-                                                            text=True).stdout.splitlines() if "rule_train" in line)
-    subprocess.run(["scancel", "--signal=TERM", jobid], check=True)
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-4000:]
     rows = [line.split(",")[0] for line in run.train_log.read_text().splitlines()[1:]]
     assert rows == [str(s) for s in range(1, 2501)]  # nothing lost, nothing repeated
     log = Layout(tmp_path / "results").log("train", "tiny-1k_s0").read_text()

@@ -186,18 +186,18 @@ def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.T
 
     per_token_grad = vmap(grad(loss_at), in_dims=(None, 0, 0))
     sums = {k: {n: torch.zeros_like(p) for n, p in params.items()} for k in ("p", "p_shuf", "abs_p", "g", "g_shuf", "abs_g")}
-    for i in range(0, len(flat), chunk):
-        with eager_attention(model):
+    with eager_attention(model):
+        for i in range(0, len(flat), chunk):
             g = per_token_grad(params, batch[seq_idx[i : i + chunk]], pos_idx[i : i + chunk])
-        sign = signs[i : i + chunk]
-        for n in params:
-            p, shape = g[n] * delta[n], (-1,) + (1,) * (g[n].dim() - 1)
-            sums["p"][n] += p.sum(0)
-            sums["p_shuf"][n] += (p * sign.view(shape)).sum(0)
-            sums["abs_p"][n] += p.abs().sum(0)
-            sums["g"][n] += g[n].sum(0)
-            sums["g_shuf"][n] += (g[n] * sign.view(shape)).sum(0)
-            sums["abs_g"][n] += g[n].abs().sum(0)
+            sign = signs[i : i + chunk]
+            for n in params:
+                p, shape = g[n] * delta[n], (-1,) + (1,) * (g[n].dim() - 1)
+                sums["p"][n] += p.sum(0)
+                sums["p_shuf"][n] += (p * sign.view(shape)).sum(0)
+                sums["abs_p"][n] += p.abs().sum(0)
+                sums["g"][n] += g[n].sum(0)
+                sums["g_shuf"][n] += (g[n] * sign.view(shape)).sum(0)
+                sums["abs_g"][n] += g[n].abs().sum(0)
     flat_sum = {k: torch.cat([v.ravel() for v in d.values()]) for k, d in sums.items()}
     den, live = flat_sum["abs_p"].sum(), flat_sum["abs_g"] > 0
 
