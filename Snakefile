@@ -34,6 +34,7 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/fit.smk"
 include: "rules/zsl.smk"
+include: "rules/suites.smk"
 include: "rules/report.smk"
 
 

@@ -9,14 +9,25 @@ from scaledyn.config import load_study
 
 STUDY = load_study(config)
 L = STUDY.layout
-RUNS = list(STUDY.runs)  # in the config's size order
+RUNS = list(STUDY.runs)  # trained runs, in the config's size order
+SUITES = STUDY.suites  # published checkpoint suites: evaluated, never trained
+ALL_RUNS = STUDY.all_runs  # what evaluation, ZSL, the fits and the report cover
 STEPS = STUDY.checkpoint_steps
 DT1_STEPS = STUDY.dt1_steps
 SLURM = STUDY.cfg["slurm"]
 
 
+def one_of(names):
+    """A wildcard pattern matching exactly these names (never anything when there are none)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+TRAINED = one_of(RUNS)  # rules that make trained runs' files
+SUITE = one_of(SUITES)  # rules that make suites' files under the same paths
+
+
 wildcard_constraints:
-    run="|".join(map(re.escape, RUNS)) or "NONE",
+    run=one_of(ALL_RUNS),
     step=r"\d+",
     slice=r"\d+",
 
@@ -56,6 +67,9 @@ def onestep_mem_mb(run):
 # Cheap aggregations run where Snakemake runs, not as cluster jobs.
 localrules:
     all,
+    suite_fetch,
+    suite_meta,
+    suite_curve,
     run_table,
     fit_scaling,
     zsl_merge,

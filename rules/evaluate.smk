@@ -3,6 +3,8 @@
 
 
 rule evaluate:
+    wildcard_constraints:
+        run=TRAINED,
     input:
         marker=L.run("{run}").marker("{step}"),
         manifest=rules.prepare_data.output.manifest,
@@ -31,7 +33,7 @@ rule evaluate:
 
 rule run_table:
     input:
-        runs=[L.run(r).run_json for r in RUNS],
+        runs=[L.run(r).run_json for r in ALL_RUNS],
     output:
         table=L.run_table,
         schema=L.schema_doc,
@@ -40,7 +42,7 @@ rule run_table:
     conda:
         "../envs/scaledyn.yaml"
     params:
-        dirs=[L.run(r).dir for r in RUNS],
+        dirs=[L.run(r).dir for r in ALL_RUNS],
         study=STUDY.cfg["study"],
     shell:
         "scaledyn run-table {params.dirs:q} --out {output.table:q} --study {params.study:q} > {log:q} 2>&1"

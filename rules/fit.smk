@@ -13,7 +13,7 @@ rule fit_run:
     resources:
         **cluster(gpu=False),
     params:
-        options=STUDY.fit.to_json(),
+        options=lambda w: STUDY.fit_options(w.run).to_json(),
     shell:
         "scaledyn fit-curve {input:q} --out {output:q} --options {params.options:q} > {log:q} 2>&1"
 
@@ -30,15 +30,15 @@ rule fit_windows:
     resources:
         **cluster(gpu=False),
     params:
-        options=STUDY.fit.to_json(),
+        options=lambda w: STUDY.fit_options(w.run).to_json(),
     shell:
         "scaledyn fit-windows {input:q} --out {output:q} --options {params.options:q} > {log:q} 2>&1"
 
 
 rule fit_scaling:
     input:
-        fits=[L.fit(r) for r in RUNS],
-        runs=[L.run(r).run_json for r in RUNS],
+        fits=[L.fit(r) for r in STUDY.trend_runs],
+        runs=[L.run(r).run_json for r in STUDY.trend_runs],
     output:
         sizes=L.fit_sizes,
         trends=L.fit_trends,

@@ -6,13 +6,13 @@ from scaledyn.report import FIGURES
 
 rule report:
     input:
-        runs=[L.run(r).run_json for r in RUNS],
-        logs=[L.run(r).train_log for r in RUNS],
-        fits=[L.fit(r) for r in RUNS],
-        windows=[L.fit_windows(r) for r in RUNS],
+        runs=[L.run(r).run_json for r in ALL_RUNS],
+        logs=[L.run(r).train_log for r in ALL_RUNS],
+        fits=[L.fit(r) for r in ALL_RUNS],
+        windows=[L.fit_windows(r) for r in ALL_RUNS],
         trends=L.fit_trends,
         zsl=L.zsl_table,
-        losses=[L.losses.partition("tokens", r, s) for r in RUNS for s in STEPS],
+        losses=[L.losses.partition("tokens", r, s) for r in ALL_RUNS for s in STUDY.steps(r)],
     output:
         summary=L.report.summary,
         summary_html=report(
@@ -38,7 +38,7 @@ rule report:
     conda:
         "../envs/scaledyn.yaml"
     params:
-        run_dirs=[L.run(r).dir for r in RUNS],
+        run_dirs=[L.run(r).dir for r in ALL_RUNS],
         losses=L.losses.dir,
         out=L.report.dir,
         options=STUDY.report.to_json(),

@@ -4,6 +4,8 @@
 
 
 rule train:
+    wildcard_constraints:
+        run=TRAINED,
     input:
         manifest=rules.prepare_data.output.manifest,
     output:

@@ -3,7 +3,7 @@
 
 rule zsl_dtt:
     input:
-        lambda w: [L.losses.partition("tokens", w.run, s) for s in STEPS],
+        lambda w: [L.losses.partition("tokens", w.run, s) for s in STUDY.steps(w.run)],
     output:
         L.zsl_dtt("{run}"),
     log:
@@ -14,11 +14,14 @@ rule zsl_dtt:
         **cluster(gpu=False),
     params:
         losses=L.losses.dir,
+        pairs=lambda w: "listed" if w.run in SUITES else "log2",
     shell:
-        "scaledyn zsl-dtt --losses {params.losses:q} --run {wildcards.run:q} --out {output:q} > {log:q} 2>&1"
+        "scaledyn zsl-dtt --losses {params.losses:q} --run {wildcards.run:q} --pairs {params.pairs} --out {output:q} > {log:q} 2>&1"
 
 
 rule zsl_dt1:
+    wildcard_constraints:
+        run=TRAINED,
     input:
         marker=L.run("{run}").marker("{step}"),
         manifest=rules.prepare_data.output.manifest,
@@ -47,8 +50,9 @@ rule zsl_dt1:
 
 rule zsl_merge:
     input:
-        [L.zsl_dtt(r) for r in RUNS],
+        [L.zsl_dtt(r) for r in ALL_RUNS],
         [L.zsl_dt1(r, s) for r in RUNS for s in DT1_STEPS],
+        [L.zsl_dt1(n, s) for n, suite in SUITES.items() for s in suite.gradient_steps],
     output:
         L.zsl_table,
     log:

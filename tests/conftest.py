@@ -48,15 +48,18 @@ def tiny_data(tmp_path_factory, tiny_config):
     return out
 
 
-def run_workflow(workdir: Path, config: dict, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    """snakemake on the repo's Snakefile in `workdir`, with `config` as its config.yaml.
+def run_workflow(workdir: Path, config: dict, *args: str, check: bool = True, timeout: float = 900,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
+    """snakemake on the repo's Snakefile in `workdir`, with `config` as its config.yaml (and `env`
+    added to the environment).
 
     A run that outlives `timeout` fails with its output and, on SLURM, why its jobs are pending."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=timeout,
+                              env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired as e:
         queue = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %k %T %r %C %m"], capture_output=True,
                                text=True).stdout if has("squeue") else ""

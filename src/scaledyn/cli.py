@@ -30,8 +30,8 @@ def cmd_validate(args) -> None:
 
     study = load_study(args.config)
     runs = sorted(study.runs, key=lambda r: (study.sizes[study.runs[r][0]].non_embedding_params(), study.runs[r][1], r))
-    print(json.dumps({"runs": runs, "checkpoint_steps": study.checkpoint_steps, "data_slices": study.data_slices,
-                      **study.token_budget()}, indent=2))
+    trained = {"checkpoint_steps": study.checkpoint_steps, **study.token_budget()} if runs else {}
+    print(json.dumps({"runs": runs, "suites": list(study.suites), "data_slices": study.data_slices, **trained}, indent=2))
 
 
 def cmd_prepare_data(args) -> None:
@@ -121,7 +121,55 @@ def cmd_fit_scaling(args) -> None:
 def cmd_zsl_dtt(args) -> None:
     from .zsl import dtt_table
 
-    dtt_table(args.losses, args.run, args.out)
+    dtt_table(args.losses, args.run, args.out, args.pairs)
+
+
+def _suite(args):
+    from .config import load_study
+    from .errors import ConfigError
+    from .options import Suite
+
+    if args.suite:
+        return Suite.from_json(args.suite)
+    suites = load_study(args.config).suites
+    if args.name not in suites:
+        raise ConfigError(f"--name: {args.name!r} is not a suite of {args.config}; suites: {', '.join(suites) or 'none'}")
+    return suites[args.name]
+
+
+def cmd_suite_fetch(args) -> None:
+    from .suites import fetch
+
+    r = fetch(_suite(args), args.step, args.data, args.out)
+    print(f"{r['model']} {r['revision']}: {r['path']} ({r['commit']})")
+
+
+def cmd_suite_meta(args) -> None:
+    from .suites import write_meta
+
+    m = write_meta(args.revision, args.data, args.out)
+    print(f"{m['run']}: {m['non_embedding_params']:,} non-embedding parameters of {m['total_params']:,}")
+
+
+def cmd_suite_evaluate(args) -> None:
+    from .options import EvaluateOptions
+    from .suites import evaluate
+
+    evaluate(args.revision, args.data, args.out, _stage_options(EvaluateOptions, args, batch_size=args.batch_size))
+
+
+def cmd_suite_curve(args) -> None:
+    from .suites import write_curve
+
+    print(write_curve(_suite(args), args.losses, args.out).to_string(index=False))
+
+
+def cmd_suite_gradient(args) -> None:
+    from .options import ZslOptions
+    from .suites import direction_analysis
+
+    print(direction_analysis(args.revision, args.data, args.out,
+                             _stage_options(ZslOptions, args, batch_size=args.batch_size)).to_string(index=False))
 
 
 def cmd_zsl_dt1(args) -> None:
@@ -249,6 +297,47 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--losses", required=True, help="losses dataset root")
     sp.add_argument("--run", required=True, help="run name")
     sp.add_argument("--out", required=True, help="table to write (.parquet; a .csv is written beside it)")
+
+    sp.add_argument("--pairs", choices=["log2", "listed"], default="log2",
+                    help="log2: t -> 2t between power-of-two checkpoints (trained runs); listed: each listed step to 2t "
+                         "where listed, else to the next listed step (suites)")
+
+    def suite_args(sp):
+        sp.add_argument("--suite", help="the suite as JSON (what the workflow passes)")
+        sp.add_argument("--config", default="config.yaml", help="study config, when no --suite is given")
+        sp.add_argument("--name", help="suite name in --config")
+
+    sp = add("suite-fetch", cmd_suite_fetch, "Fetch one revision of a published suite (once; from the HF cache offline), "
+             "check it against the prepared tokenizer, and record where it is.")
+    suite_args(sp)
+    sp.add_argument("--step", type=int, required=True, help="the revision's step")
+    sp.add_argument("--data", required=True, help="prepared data directory (its tokenizer is checked)")
+    sp.add_argument("--out", required=True, help="revision record (JSON) to write")
+
+    sp = add("suite-meta", cmd_suite_meta, "Write a suite's run.json (parameter counts, architecture) from a revision record.")
+    sp.add_argument("--revision", required=True, help="revision record from suite-fetch")
+    sp.add_argument("--data", required=True, help="prepared data directory")
+    sp.add_argument("--out", required=True, help="run.json to write")
+
+    sp = add("suite-evaluate", cmd_suite_evaluate, "Per-token losses of one suite revision into the Parquet dataset.",
+             options=True)
+    sp.add_argument("--revision", required=True, help="revision record from suite-fetch")
+    sp.add_argument("--data", required=True, help="prepared data directory")
+    sp.add_argument("--out", required=True, help="losses dataset root")
+    sp.add_argument("--batch-size", type=int, help=f"sequences per forward pass {d(ev.batch_size)}")
+
+    sp = add("suite-curve", cmd_suite_curve, "A suite's loss curve (step,loss): its training curve, else its evaluation "
+             "loss at each listed revision.")
+    suite_args(sp)
+    sp.add_argument("--losses", required=True, help="losses dataset root")
+    sp.add_argument("--out", required=True, help="CSV to write")
+
+    sp = add("suite-gradient", cmd_suite_gradient, "Gradient-direction view of a suite revision (no optimizer state): "
+             "JVP-predicted loss changes along each held-out batch's mean gradient and its sign.", options=True)
+    sp.add_argument("--revision", required=True, help="revision record from suite-fetch")
+    sp.add_argument("--data", required=True, help="prepared data directory")
+    sp.add_argument("--out", required=True, help="metrics table (.parquet; a .csv is written beside it)")
+    sp.add_argument("--batch-size", type=int, help=f"sequences per forward pass {d(zs.batch_size)}")
 
     sp = add("zsl-dt1", cmd_zsl_dt1, "One optimizer step from a checkpoint on each held-out batch.", options=True)
     sp.add_argument("--run-dir", required=True, help="the run's directory")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -17,7 +17,7 @@ import yaml
 from . import sizes as size_presets
 from .errors import ConfigError
 from .layout import Layout
-from .options import (DataOptions, EvaluateOptions, FitOptions, Optimizer, ReportOptions, RunSpec, Schedule,
+from .options import (DataOptions, EvaluateOptions, FitOptions, Optimizer, ReportOptions, RunSpec, Schedule, Suite,
                       ZslOptions)
 from .schema import validate_schema
 
@@ -54,6 +54,37 @@ class Study:
     def runs(self) -> dict[str, tuple[str, int]]:
         """Run name -> (size, seed), in the config's size order."""
         return {f"{s}_s{seed}": (s, seed) for s in self.cfg["model"]["sizes"] for seed in self.cfg["seeds"]}
+
+    @property
+    def suites(self) -> dict[str, Suite]:
+        """Published checkpoint suites, by name (which is also their run name)."""
+        return {name: Suite.from_config(name, s) for name, s in self.cfg["suites"].items()}
+
+    @property
+    def all_runs(self) -> list[str]:
+        """Trained runs, then suites: every run the evaluation, ZSL, fits and the report cover."""
+        return list(self.runs) + list(self.cfg["suites"])
+
+    @property
+    def trend_runs(self) -> list[str]:
+        """The runs of one family that the scaling trends compare: the trained sizes when there
+        are any, else the suites (a trend across our models and a published suite mixes data,
+        tokenizer and schedule with size)."""
+        return list(self.runs) or list(self.cfg["suites"])
+
+    def steps(self, run: str) -> list[int]:
+        """The checkpoints of a run: the schedule's for trained runs, the listed revisions for suites."""
+        return list(self.suites[run].steps) if run in self.cfg["suites"] else self.checkpoint_steps
+
+    def fit_options(self, run: str) -> FitOptions:
+        """A suite without a training curve is fitted on its evaluation loss at the listed revisions:
+        a few points, each the mean over the whole evaluation set, on an uneven grid. The log moving
+        average and log subsampling assume one noisy point per step, so they are off there (on such
+        a grid they smear the points into a false bend)."""
+        fit = self.fit
+        if run in self.cfg["suites"] and not self.suites[run].curve:
+            return replace(fit, smoothing="none", subsample="none", input_smoothed="no")
+        return fit
 
     @property
     def checkpoint_steps(self) -> list[int]:
@@ -159,6 +190,28 @@ def _resolve_sizes(cfg: dict) -> dict[str, size_presets.Size]:
     return out
 
 
+def _check_suites(study: Study) -> None:
+    cfg = study.cfg
+    if not cfg["model"]["sizes"] and not cfg["suites"]:
+        raise ConfigError("config: model.sizes: the study has no sizes to train and no suites to analyse")
+    if not cfg["suites"]:
+        return
+    if cfg["data"]["tokenizer"]["kind"] != "pretrained":
+        raise ConfigError("config: data.tokenizer.kind: suites are evaluated on text tokenized with their own tokenizer; "
+                          "set kind 'pretrained' and name it (data.tokenizer.name)")
+    for name, suite in study.suites.items():
+        if name in study.runs:
+            raise ConfigError(f"config: suites.{name}: the name is also a trained run's; rename the suite")
+        missing = sorted(set(suite.gradient_steps) - set(suite.steps))
+        if missing:
+            raise ConfigError(f"config: suites.{name}.gradient_steps: {missing} are not among suites.{name}.steps")
+        if suite.curve and not Path(suite.curve).is_file():
+            raise ConfigError(f"config: suites.{name}.curve: file not found: {suite.curve}")
+        from .suites import check_local_suite
+
+        check_local_suite(suite, cfg["data"]["tokenizer"]["name"])
+
+
 def _check_train(train: dict) -> None:
     if train["lr"] is not None and train["lr"] <= 0:
         raise ConfigError(f"config: train.lr: learning rate must be positive, got {train['lr']}")
@@ -209,9 +262,12 @@ def load_study(source: str | Path | dict, overrides: dict | None = None) -> Stud
     if overrides:
         raw = _merge(raw, overrides)
     _check_finite(raw)
+    if isinstance(raw, dict) and raw.get("suites") and "sizes" not in (raw.get("model") or {}):
+        raw = _merge(raw, {"model": {"sizes": []}})  # a study of suites trains nothing unless it names sizes
     cfg = validate_schema(raw)
     _check_data(cfg["data"])
     study = Study(cfg, _resolve_sizes(cfg))
+    _check_suites(study)
     _check_train(cfg["train"])
     _check_steps(cfg, set(study.checkpoint_steps))
     _check_budget(cfg)

@@ -42,3 +42,7 @@ class Diverged(ScaledynError):
 
 class WriteError(ScaledynError):
     """An output that cannot be written (full disk, read-only or missing directory)."""
+
+
+class SuiteError(ScaledynError):
+    """A published checkpoint suite that cannot be used: a missing revision, or another tokenizer."""

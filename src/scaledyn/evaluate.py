@@ -58,19 +58,29 @@ def _columns(split_losses: dict, meta: dict, token_dtype: str) -> tuple[dict, di
 def evaluate_checkpoint(run_dir, step: int, data_dir, out, options: EvaluateOptions | None = None, study: str = "",
                         force: bool = False) -> bool:
     """Write the (run, step) partitions of the loss dataset rooted at `out`; False when they exist."""
-    options = options or EvaluateOptions.defaults()
-    ckpt, out = RunPaths(run_dir).checkpoint(step), LossesPaths(out)
+    ckpt = RunPaths(run_dir).checkpoint(step)
     if not checkpoint.is_complete(ckpt):
         raise CheckpointError(f"checkpoint {ckpt}: missing or incomplete (no {checkpoint.COMPLETE} marker)")
     state = checkpoint.read_state(ckpt)
-    run = state["run"]
-    if not force and all(out.partition(g, run, step).exists() for g in GRANULARITIES):
+    if not force and all(LossesPaths(out).partition(g, state["run"], step).exists() for g in GRANULARITIES):
         return False
+    meta = {"size": state["spec"]["size"]["name"], "seed": state["spec"]["seed"], "tokens_seen": state["tokens_seen"]}
+    evaluate_model(lambda: load_model(ckpt), state["run"], step, meta, data_dir, out, options, str(ckpt))
+    return True
+
+
+def evaluate_model(load, run: str, step: int, meta: dict, data_dir, out, options: EvaluateOptions | None,
+                   source: str) -> None:
+    """Losses of the model that `load()` returns on the evaluation set and the held-out batches, as
+    the (run, step) partitions of the loss dataset at `out`; `meta` holds size, seed and
+    tokens_seen, `source` names the weights in errors. The same for our checkpoints and suites."""
+    options = options or EvaluateOptions.defaults()
+    out = LossesPaths(out)
     acc = accelerator(bf16=torch.cuda.is_available())
     if acc.is_main_process:
         for g in GRANULARITIES:
             losses.check_writable(out.dataset(g))
-    model = load_model(ckpt).to(acc.device).eval()
+    model = load().to(acc.device).eval()
     data = TokenData.open(data_dir)
     splits = {"eval": (data.split("eval"), data.example_ids("eval"))}
     if options.heldout and data.manifest["splits"]["heldout"]["sequences"]:
@@ -91,11 +101,9 @@ def evaluate_checkpoint(run_dir, step: int, data_dir, out, options: EvaluateOpti
         for name, (_, loss) in results.items():
             bad = int(np.sum(~np.isfinite(loss)))
             if bad:
-                raise CheckpointError(f"checkpoint {ckpt}: {bad:,} of {loss.size:,} per-token losses on the {name} set are "
+                raise CheckpointError(f"checkpoint {source}: {bad:,} of {loss.size:,} per-token losses on the {name} set are "
                                       "not finite (damaged weights, or a diverged run); nothing written")
-        meta = {"size": state["spec"]["size"]["name"], "seed": state["spec"]["seed"], "tokens_seen": state["tokens_seen"]}
         seq, tok = _columns(results, meta, options.token_dtype)
         losses.write_partition(out.dataset("tokens"), run, step, tok, "tokens", options.token_dtype)
         losses.write_partition(out.dataset("sequences"), run, step, seq, "sequences")
     acc.wait_for_everyone()
-    return True

@@ -3,6 +3,7 @@ ask here and assemble no path of their own.
 
     <results>/data/            manifest.json, tokenizer/, token arrays          (DataPaths)
     <results>/runs/<run>/      run.json, train_log.csv, checkpoints/, state/    (RunPaths)
+                               a suite's: run.json, train_log.csv (its curve), revisions/
     <results>/losses/          sequences/ and tokens/: one Parquet file per (run, checkpoint)
     <results>/runs.parquet     one row per run; <results>/schema.json documents every table
     <results>/zsl/             zsl.parquet (all metrics), dtt/, dt1/, changes/ (laid out like losses)
@@ -106,6 +107,10 @@ class RunPaths:
         """The workflow's output for checkpoint `step`; outside the checkpoint, so that Snakemake,
         which deletes a failed job's outputs, never deletes what a retry resumes from."""
         return self.checkpoints / f"step_{step}.json"
+
+    def revision(self, step: int | str) -> Path:
+        """A published suite's revision at `step`: where its weights are and what was checked."""
+        return self.dir / "revisions" / f"step_{step}.json"
 
     def checkpoint_steps(self) -> list[int]:
         """Steps of the checkpoint directories present (complete or not), ascending."""

@@ -54,23 +54,27 @@ def build_model(size: Size, vocab_size: int, seed: int, eos_token_id: int = 0) -
     return freeze_norms(model)
 
 
-def load_model(path, **kwargs) -> torch.nn.Module:
-    """Load a checkpoint's model; a damaged one raises an error that names the directory."""
+def load_model(path, ours: bool = True, **kwargs) -> torch.nn.Module:
+    """Load a checkpoint's model; a damaged one raises an error that names the directory. Our own
+    models get their non-affine norms frozen; a published model (ours=False) is loaded as it is."""
     try:
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except Exception as e:  # transformers raises OSError, ValueError or safetensors errors
         raise CheckpointError(f"checkpoint {path}: the model cannot be loaded ({type(e).__name__}: {e})") from None
-    return freeze_norms(model)
+    return freeze_norms(model) if ours else model
 
 
 def param_counts(model: torch.nn.Module) -> dict[str, int]:
-    """Trainable parameters (tied embedding once) and those outside the embedding."""
-    seen, total = set(), 0
+    """Trainable parameters (a tied embedding once) and those outside the input and output
+    embeddings (an untied unembedding, as in GPT-NeoX, is an embedding too, as Pythia counts it)."""
+    out = model.get_output_embeddings()
+    emb_ids = {id(model.get_input_embeddings().weight)} | ({id(out.weight)} if out is not None else set())
+    seen, total, emb = set(), 0, 0
     for p in model.parameters():
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
             total += p.numel()
-    emb = model.get_input_embeddings().weight.numel()
+            emb += p.numel() if id(p) in emb_ids else 0
     return {"total_params": total, "non_embedding_params": total - emb}
 
 

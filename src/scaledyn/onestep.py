@@ -90,16 +90,22 @@ def one_step(model, optimizer, batch: torch.Tensor, lr: float, micro: int | None
     """Exactly one update with the full-batch mean gradient (accumulated over micro-batches of
     `micro` sequences, each weighted by its share of the batch), no clipping, at rate `lr`."""
     set_lr(optimizer, lr)
-    model.train()
     optimizer.zero_grad(set_to_none=True)
+    accumulate_gradient(model, batch, micro, autocast)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def accumulate_gradient(model, batch: torch.Tensor, micro: int | None = None, autocast=contextlib.nullcontext) -> None:
+    """Add the batch's mean-loss gradient to the parameters' .grad, micro-batch by micro-batch,
+    each weighted by its share of the batch; the model is left in eval mode."""
+    model.train()
     m = micro or len(batch)
     for i in range(0, len(batch), m):
         x = batch[i : i + m]
         with autocast():
             loss = model(input_ids=x, labels=x).loss
         (loss.float() * (len(x) / len(batch))).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     model.eval()
 
 
@@ -265,7 +271,7 @@ def _summarise(rows: list[dict], extra: list[dict], spec: RunSpec, step: int, lr
         n=("D", "size"), **{m: (m, "mean") for m in zsl.METRICS}, **{f"{m}_std": (m, "std") for m in zsl.METRICS}
     ).reset_index()
     for i, (col, value) in enumerate((("run", spec.name), ("size", spec.size.name), ("seed", spec.seed), ("step", step),
-                                      ("step_next", step + 1), ("variant", "dt=1"))):
+                                      ("step_next", step + 1), ("dt", 1), ("variant", "dt=1"))):
         agg.insert(i, col, value)
     agg["spread"] = f"std over {len(extra)} held-out batches"
     agg = agg[zsl.COLUMNS]

@@ -210,3 +210,42 @@ class RunSpec:
 
 
 RunSpec.RESUMABLE = frozenset(f.name for f in fields(RunSpec) if f.metadata.get("resumable"))
+
+
+# ----------------------------------------------------------------------------- published suites
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A published checkpoint suite (one run of one size, many revisions): evaluated, never trained.
+    Passed to the suite commands as JSON; `name` is the study's key for it and names the run."""
+
+    name: str
+    model: str
+    revision: str
+    steps: tuple[int, ...]
+    tokens_per_step: int
+    curve: str | None
+    non_embedding_params: int | None
+    seed: int
+    gradient_steps: tuple[int, ...]
+
+    @classmethod
+    def from_config(cls, name: str, s: dict) -> "Suite":
+        return cls(name, s["model"], s["revision"], tuple(sorted(s["steps"])), s["tokens_per_step"], s["curve"],
+                   s["non_embedding_params"], s["seed"], tuple(sorted(s["gradient_steps"])))
+
+    def revision_name(self, step: int) -> str:
+        return self.revision.replace("{step}", str(step))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Suite":
+        d = _json_object(text)
+        name = d.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError("--suite: needs the suite's name")
+        cfg = validate_schema({"model": {"sizes": []}, "suites": {name: d}})
+        return cls.from_config(name, cfg["suites"][name])

@@ -98,6 +98,11 @@ class StudyResults:
         seeds = {self.meta[r]["seed"] for r in self.runs}
         return f"N = {fmt_n(m['non_embedding_params'])}" + (f", seed {m['seed']}" if len(seeds) > 1 else "")
 
+    def sparse(self, run: str) -> bool:
+        """A suite whose curve is its evaluation loss at the listed revisions, not a per-step log."""
+        m = self.meta[run]
+        return m.get("kind") == "suite" and not m["spec"]["curve"]
+
     def t_d(self, run: str) -> float | None:
         """t_d of a run whose verdict is a break, else None."""
         f = self.fits[run]
@@ -111,9 +116,12 @@ def fig_loss_curves(res: StudyResults):
     fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
     for k, run in enumerate(res.runs):
         df, f, color = res.curves[run], res.fits[run], res.color(run)
-        ax.plot(df["step"], df["loss"], color=color, alpha=0.12, lw=0.5, gid="raw")
-        ax.plot(df["step"], log_moving_average(df["loss"].to_numpy()), color=color, lw=1,
-                label=f"{res.label(run)}: {f.verdict.replace('_', ' ')}")
+        verdict = f"{res.label(run)}: {f.verdict.replace('_', ' ')}"
+        if res.sparse(run):  # a suite's evaluation loss at its revisions: points, nothing to smooth
+            ax.plot(df["step"], df["loss"], "o", color=color, ms=4, gid="raw", label=f"{verdict} (evaluation loss)")
+        else:
+            ax.plot(df["step"], df["loss"], color=color, alpha=0.12, lw=0.5, gid="raw")
+            ax.plot(df["step"], log_moving_average(df["loss"].to_numpy()), color=color, lw=1, label=verdict)
         x = np.geomspace(*f.fit_range, 200)
         ax.plot(x, f.predict(x), color=color, lw=2.2, alpha=0.8, gid="fit")
         if f.verdict in BREAKS:
@@ -259,7 +267,16 @@ def summary_sections(res: StudyResults) -> list[Section]:
         "Each run's training loss is tested for an abrupt break against the better smooth law (power law, or "
         "E + A t^-alpha); intervals are 95% bootstrap intervals, t_d corrected for the smoothing lag; N counts "
         "non-embedding parameters."], run_lines(sizes) + [t.summary() for t in res.trends])]
+    suites = [r for r in res.runs if res.meta[r].get("kind") == "suite"]
+    if suites:
+        out[0].bullets += [f"{r} is a published suite ({res.meta[r]['model']}); its curve is the {res.meta[r]['curve_source']}"
+                           for r in suites]
     caveats = []
+    sparse = [r for r in suites if res.sparse(r)]
+    if sparse:
+        caveats.append(f"{', '.join(sparse)}: the break test is fitted to the evaluation loss at {len(res.curves[sparse[0]])} "
+                       "listed revisions, not to a per-step training curve; its error rates were calibrated on per-step "
+                       "curves (benchmarks/calibrate_breaks.py), so read such a verdict as descriptive")
     decel = int((sizes["verdict"] == "deceleration").sum())
     if decel < len(sizes):
         caveats.append(f"{len(sizes) - decel} of {len(sizes)} runs show no abrupt deceleration; their broken fits are in "
@@ -289,19 +306,21 @@ def summary_sections(res: StudyResults) -> list[Section]:
     tok = res.zsl[res.zsl["granularity"] == "token"]
     for run in [r for r in res.runs if r in set(tok["run"])]:
         t_d = res.t_d(run)
-        for variant in ("dt=t", "dt=1"):
+        for variant, label in VARIANTS.items():
             v = tok[(tok["run"] == run) & (tok["variant"] == variant)]
             if not len(v):
                 continue
             where = f"t_d ≈ {t_d:.0f}" if t_d else "no deceleration detected"
             cells = []
             for step in sorted(v["step"].unique()):
-                by = {row["split"]: row for _, row in v[v["step"] == step].iterrows()}
+                rows = v[v["step"] == step]
+                by = {row["split"]: row for _, row in rows.iterrows()}
                 d = " / ".join(f"{by[s]['D']:.2f}" if s in by else "–" for s in ("eval", "heldout"))
-                side = "" if not t_d else (" before" if step + (step if variant == "dt=t" else 1) <= t_d else
-                                           " after" if step >= t_d else " across")
-                cells.append(f"{int(step)}{side}: {d}")
-            bullets.append(f"{run}, Δt = {variant[3:]} ({where}); D eval / held-out at each step: " + "; ".join(cells))
+                end = max(int(rows["step_next"].max()), int(step))
+                side = "" if not t_d else " before" if end <= t_d else " after" if step >= t_d else " across"
+                span = f"→{end}" if variant == "dt=t" and end != 2 * step else ""
+                cells.append(f"{int(step)}{span}{side}: {d}")
+            bullets.append(f"{run}, {label} ({where}); D eval / held-out at each step: " + "; ".join(cells))
     coord = _coordinate_lines(res)
     out.append(Section("Zero-sum learning around the deceleration step", [
         "Destructive interference D of the per-token loss changes on the evaluation set and on held-out training "
@@ -316,6 +335,9 @@ def summary_sections(res: StudyResults) -> list[Section]:
 
 
 WINDOW_TOLERANCE = 0.25
+VARIANTS = {"dt=t": "Δt = t", "dt=1": "Δt = 1",
+            "grad-direction": "along the held-out batch's mean gradient (JVP prediction; a suite has no optimizer state)",
+            "sign-direction": "along the gradient's sign (JVP prediction; a proxy for Adam's early steps)"}
 
 
 def window_lines(res: StudyResults) -> tuple[list[str], list[str]]:

@@ -19,12 +19,15 @@ from . import atomic, losses
 
 METRICS = ("D", "M", "dL")
 FOLDS = 5
-COLUMNS = ["run", "size", "seed", "step", "step_next", "variant", "split", "granularity", "n",
+COLUMNS = ["run", "size", "seed", "step", "step_next", "dt", "variant", "split", "granularity", "n",
            "D", "M", "dL", "D_std", "M_std", "dL_std", "spread"]
 DESCRIPTIONS = {
     "run": "run name, <size>_s<seed>", "size": "model size name", "seed": "initialisation seed",
     "step": "checkpoint the change starts from", "step_next": "checkpoint it ends at (step + 1 for dt=1)",
-    "variant": "'dt=t' (checkpoint to checkpoint) or 'dt=1' (one optimizer step)",
+    "dt": "step_next - step: the change's span in steps (0 for the direction predictions: no step is taken)",
+    "variant": "'dt=t' (checkpoint to checkpoint), 'dt=1' (one optimizer step), or 'grad-direction' / "
+               "'sign-direction' (suites: the JVP-predicted change along the held-out batch's mean gradient, or its "
+               "sign, per unit parameter distance; no optimizer state is published)",
     "split": "'eval' or 'heldout'", "granularity": "'token' or 'sequence' (per-example unit of the changes)",
     "n": "examples (dt=t) or held-out batches averaged (dt=1)",
     "D": "destructive interference 1 - |sum x| / sum |x| of the per-example loss changes x",
@@ -63,11 +66,22 @@ def fold_spread(x: np.ndarray, fold_of: np.ndarray) -> dict[str, float]:
 def log2_pairs(steps) -> list[tuple[int, int]]:
     """Consecutive log2 checkpoints (t, 2t) among the available steps."""
     have = set(int(s) for s in steps)
-    return [(t, 2 * t) for t in sorted(have) if 2 * t in have and (t & (t - 1)) == 0]
+    return [(t, 2 * t) for t in sorted(have) if t > 0 and 2 * t in have and (t & (t - 1)) == 0]
 
 
-def dtt_table(losses_root, run: str, out) -> pd.DataFrame:
-    """Delta t = t: D, M, |dL| between checkpoints t and 2t from the exported per-token losses."""
+def listed_pairs(steps) -> list[tuple[int, int]]:
+    """A published suite's pairs: every listed step t to 2t where the list has it, otherwise to the
+    next listed step (Pythia's 512 -> 1000), so no stretch of the list is left out."""
+    have = sorted(set(int(s) for s in steps))
+    return [(t, 2 * t if t > 0 and 2 * t in have else have[i + 1]) for i, t in enumerate(have[:-1])]
+
+
+PAIRS = {"log2": log2_pairs, "listed": listed_pairs}
+
+
+def dtt_table(losses_root, run: str, out, pairs: str = "log2") -> pd.DataFrame:
+    """Delta t = t: D, M, |dL| between checkpoints t and 2t (or the `pairs` rule's partner) from
+    the exported per-token losses."""
     tok = losses.load(losses_root, "tokens", runs=[run], columns=["split", "example_id", "position", "loss", "step"])
     seqs = losses.load(losses_root, "sequences", runs=[run], columns=["size", "seed"]).iloc[:1]
     size, seed = (seqs["size"].iloc[0], int(seqs["seed"].iloc[0])) if len(seqs) else ("", -1)
@@ -75,12 +89,12 @@ def dtt_table(losses_root, run: str, out) -> pd.DataFrame:
     for split, part in tok.groupby("split", observed=True):
         wide = part.pivot_table(index=["example_id", "position"], columns="step", values="loss", aggfunc="first")
         eid = wide.index.get_level_values("example_id").to_numpy()
-        for t, t2 in log2_pairs(wide.columns):
+        for t, t2 in PAIRS[pairs](wide.columns):
             x = (wide[t2] - wide[t]).to_numpy(dtype=np.float64)
             ok = np.isfinite(x)
             per_seq = pd.Series(x[ok]).groupby(eid[ok]).mean()
             for gran, vals, ids in (("token", x[ok], eid[ok]), ("sequence", per_seq.to_numpy(), per_seq.index.to_numpy())):
-                rows.append({"run": run, "size": size, "seed": seed, "step": t, "step_next": t2, "variant": "dt=t",
+                rows.append({"run": run, "size": size, "seed": seed, "step": t, "step_next": t2, "dt": t2 - t, "variant": "dt=t",
                              "split": split, "granularity": gran, "n": len(vals), **metrics(vals),
                              **fold_spread(vals, ids % FOLDS), "spread": f"std over {FOLDS} example folds"})
     df = pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,216 @@
+"""Published checkpoint suites, offline: a tiny GPT-NeoX suite built here (a few real AdamW steps
+between revisions, saved with save_pretrained, with its tokenizer), served from a local directory
+and from an HF cache laid out as the Hub's (refs -> snapshots -> blobs) under HF_HUB_OFFLINE=1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_workflow
+
+STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
+REPO_ID = "local-org/tiny-neox"
+
+
+def _corpus(root: Path) -> list[str]:
+    """40 standard-library modules as text files: real text, the same on every machine of one Python."""
+    root.mkdir(parents=True)
+    src = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))[:40]
+    for f in src:
+        shutil.copy(f, root / f"{f.stem}.txt")
+    return [f.read_text(errors="replace") for f in src]
+
+
+def _build_suite(root: Path, docs: list[str], vocab: int = 512) -> Path:
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from scaledyn.data import train_bpe
+
+    tok = train_bpe(iter(docs), vocab)
+    ids = np.concatenate([np.asarray(tok(d)["input_ids"], dtype=np.int64) for d in docs])
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, rotary_pct=0.5, use_cache=False,
+                        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    model = GPTNeoXForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    step = 0
+    for target in STEPS:
+        while step < target:
+            starts = rng.integers(0, len(ids) - 33, size=8)
+            x = torch.from_numpy(np.stack([ids[s : s + 32] for s in starts]))
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad()
+            step += 1
+        model.save_pretrained(root / f"step{target}")
+        tok.save_pretrained(root / f"step{target}")
+    return root
+
+
+def _hf_cache(suite: Path, cache: Path) -> Path:
+    """The Hub's cache layout for REPO_ID: refs/<branch> holds a commit, snapshots/<commit>/ links
+    every file to blobs/<sha256>."""
+    repo = cache / f"models--{REPO_ID.replace('/', '--')}"
+    for rev in sorted(d for d in suite.iterdir() if d.is_dir()):
+        commit = hashlib.sha1(rev.name.encode()).hexdigest()
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / rev.name).write_text(commit)
+        snap = repo / "snapshots" / commit
+        snap.mkdir(parents=True)
+        (repo / "blobs").mkdir(exist_ok=True)
+        for f in rev.iterdir():
+            blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+            if not blob.exists():
+                shutil.copy(f, blob)
+            (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def suite_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    docs = _corpus(root / "corpus")
+    suite = _build_suite(root / "tiny-neox", docs)
+    other = _build_suite(root / "other-tok", docs[:10], vocab=300)
+    return {"root": root, "suite": suite, "cache": _hf_cache(suite, root / "hf-cache"), "other": other}
+
+
+def study_config(env: dict, **suites) -> dict:
+    return {"study": "suites", "results": "results",
+            "data": {"source": "files", "files": {"paths": [str(env["root"] / "corpus" / "*.txt")]},
+                     "tokenizer": {"kind": "pretrained", "name": str(env["suite"] / "step0")}, "seq_len": 32,
+                     "eval_sequences": 24, "heldout_batches": 2},
+            "train": {"batch_size": 8}, "evaluate": {"batch_size": 16},
+            "fit": {"transient_steps": 0, "bootstrap": 20},
+            "suites": suites or {"tiny": {"model": str(env["suite"]), "steps": STEPS, "tokens_per_step": 256,
+                                          "gradient_steps": [4, 64]}}}
+
+
+def test_suite_config_trains_nothing_and_plans_suite_jobs(suite_env):
+    from scaledyn.config import load_study
+
+    study = load_study(study_config(suite_env))
+    assert study.runs == {} and study.all_runs == ["tiny"] and study.steps("tiny") == STEPS
+    assert study.fit_options("tiny").smoothing == "none"  # the evaluation loss at revisions is not smoothed
+
+
+def test_config_names_a_missing_local_revision_and_lists_the_others(suite_env):
+    from scaledyn.config import load_study
+    from scaledyn.errors import ConfigError
+
+    cfg = study_config(suite_env, tiny={"model": str(suite_env["suite"]), "steps": [0, 3], "tokens_per_step": 256})
+    with pytest.raises(ConfigError, match=r"suites\.tiny: revision 'step3' \(step 3\).*available: step0, step1, step2, "
+                                          r"step4, step8, step16, step32, step64, step128"):
+        load_study(cfg)
+
+
+def test_config_refuses_another_tokenizer(suite_env):
+    from scaledyn.config import load_study
+    from scaledyn.errors import ConfigError
+
+    cfg = study_config(suite_env)
+    cfg["data"]["tokenizer"]["name"] = str(suite_env["other"] / "step0")
+    with pytest.raises(ConfigError, match=r"suites\.tiny: the suite's tokenizer .* differs from data\.tokenizer"):
+        load_study(cfg)
+    cfg = study_config(suite_env)
+    cfg["data"]["tokenizer"] = {"kind": "bpe", "vocab_size": 512}
+    with pytest.raises(ConfigError, match=r"data\.tokenizer\.kind: suites are evaluated .* own tokenizer"):
+        load_study(cfg)
+
+
+def _fetch(env: dict, suite: dict, step: int, data_dir: Path, out: Path, hf_env: dict) -> subprocess.CompletedProcess:
+    from scaledyn.options import Suite
+
+    cfg = {"revision": "step{step}", "curve": None, "non_embedding_params": None, "seed": 0, "gradient_steps": [], **suite}
+    text = Suite.from_config("hub", cfg).to_json()
+    return subprocess.run([sys.executable, "-m", "scaledyn", "suite-fetch", "--suite", text, "--step", str(step),
+                           "--data", str(data_dir), "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, **hf_env})
+
+
+def test_hub_revisions_from_the_cache_offline_and_the_named_errors(suite_env, tmp_path):
+    """The Hub code path (snapshot_download by repo id and branch) against a populated cache, offline."""
+    from scaledyn.config import load_study
+    from scaledyn.data import prepare_tokenizer
+    from scaledyn.layout import DataPaths
+
+    hf = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(suite_env["cache"])}
+    data = tmp_path / "data"
+    prepare_tokenizer(load_study(study_config(suite_env)).data, data)
+    suite = {"model": REPO_ID, "steps": [4, 8], "tokens_per_step": 256}
+    ok = _fetch(suite_env, suite, 8, data, tmp_path / "rev8.json", hf)
+    assert ok.returncode == 0, ok.stderr
+    record = json.loads((tmp_path / "rev8.json").read_text())
+    assert Path(record["path"]).parent.parent.name == f"models--{REPO_ID.replace('/', '--')}"
+    assert record["commit"] == (suite_env["cache"] / f"models--{REPO_ID.replace('/', '--')}" / "refs" / "step8").read_text()
+    assert record["tokens_seen"] == 8 * 256
+
+    missing = _fetch(suite_env, {**suite, "steps": [3, 8]}, 3, data, tmp_path / "rev3.json", hf)
+    assert missing.returncode == 1 and not (tmp_path / "rev3.json").exists()
+    assert "revision 'step3' (step 3) of local-org/tiny-neox is not in the HF cache" in missing.stderr
+    assert "available: step0, step1, step2, step4, step8, step16, step32, step64, step128" in missing.stderr
+
+    other = tmp_path / "other-data"
+    shutil.copytree(suite_env["other"] / "step0", DataPaths(other).tokenizer)  # prepared with another tokenizer
+    wrong = _fetch(suite_env, suite, 8, other, tmp_path / "wrong.json", hf)
+    assert wrong.returncode == 1 and "the suite's tokenizer" in wrong.stderr and "differs from data.tokenizer" in wrong.stderr
+
+
+@pytest.fixture(scope="module")
+def suite_study(suite_env, tmp_path_factory):
+    """The whole workflow on two copies of the suite: a local directory and the HF cache."""
+    from scaledyn.layout import Layout
+
+    cfg = study_config(suite_env)
+    cfg["suites"]["tiny-hub"] = {"model": REPO_ID, "steps": STEPS, "tokens_per_step": 256, "gradient_steps": [4]}
+    work = tmp_path_factory.mktemp("suite-study")
+    run_workflow(work, cfg, "--cores", "2", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(suite_env["cache"])})
+    return Layout(work / "results")
+
+
+def test_workflow_writes_every_revision_and_every_pair(suite_study):
+    from scaledyn import losses
+
+    seq = losses.load(suite_study.losses.dir, "sequences", runs=["tiny"])
+    assert sorted(seq["step"].unique()) == STEPS
+    assert set(seq["split"]) == {"eval", "heldout"} and (seq.groupby("step").size() == 24 + 2 * 8).all()
+    assert (seq["tokens_seen"] == seq["step"] * 256).all() and set(seq["size"]) == {"tiny"}
+    z = pd.read_parquet(suite_study.zsl_table)
+    dtt = z[(z["run"] == "tiny") & (z["variant"] == "dt=t")]
+    pairs = sorted(set(zip(dtt["step"], dtt["step_next"])))
+    assert pairs == list(zip(STEPS[:-1], STEPS[1:]))
+    assert (dtt["dt"] == dtt["step_next"] - dtt["step"]).all() and len(dtt) == len(pairs) * 2 * 2
+    grad = z[(z["run"] == "tiny") & z["variant"].isin(["grad-direction", "sign-direction"])]
+    assert sorted(grad["step"].unique()) == [4, 64] and (grad["dt"] == 0).all()
+    assert set(grad["split"]) == {"eval", "heldout"} and grad["D"].between(0, 1).all()
+    run = json.loads(suite_study.run("tiny").run_json.read_text())
+    assert run["kind"] == "suite" and run["n_layers"] == 2 and run["d_model"] == 32
+    assert 0 < run["non_embedding_params"] < run["total_params"]
+    fit = json.loads(suite_study.fit("tiny").read_text())
+    assert fit["verdict"] in ("deceleration", "acceleration", "smooth_bend", "power_law")
+    summary = suite_study.report.summary.read_text()
+    assert "tiny is a published suite" in summary and "evaluation loss at the listed revisions" in summary
+    assert "along the held-out batch's mean gradient" in summary
+
+
+def test_local_and_hub_paths_give_equal_losses(suite_study):
+    from scaledyn import losses
+
+    tok = losses.load(suite_study.losses.dir, "tokens", runs=["tiny", "tiny-hub"])
+    wide = tok.pivot_table(index=["step", "split", "example_id", "position"], columns="run", values="loss")
+    assert len(wide) == len(STEPS) * (24 + 2 * 8) * 31
+    np.testing.assert_array_equal(wide["tiny"].to_numpy(), wide["tiny-hub"].to_numpy())
