@@ -174,6 +174,47 @@ def eval_vs_bare_forward(env):
 
 
 @case
+def suite_eval_vs_bare_forward(env):
+    """A published suite's revision (a GPT-NeoX model saved with save_pretrained, as Pythia's are)
+    evaluated by the suite path against a bare forward pass of the same weights."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from scaledyn import suites
+    from scaledyn.data import TokenData
+    from scaledyn.options import EvaluateOptions, Suite
+
+    torch.set_num_threads(1)
+    data = TokenData.open(env.data)
+    ev = np.asarray(data.split("eval"))
+    path = env.tmp / "suite" / "step16"
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(vocab_size=data.manifest["tokenizer"]["vocab_size"], hidden_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=256, max_position_embeddings=ev.shape[1], use_cache=False)
+    GPTNeoXForCausalLM(cfg).save_pretrained(path)
+    suite = Suite("bench-neox", str(path.parent), "step{step}", (8, 16), 2048, None, None, 0, ())
+    record = env.tmp / "suite" / "revision.json"
+    record.write_text(json.dumps({"suite": dataclasses.asdict(suite), "step": 16, "path": str(path), "tokens_seen": 16 * 2048}))
+
+    def bare():
+        model = suites.load({"path": str(path)}).eval()
+        with torch.inference_mode():
+            for i in range(0, len(ev), 64):
+                x = torch.from_numpy(ev[i : i + 64].astype(np.int64))
+                model(input_ids=x).logits.float().log_softmax(-1)
+
+    no_heldout = dataclasses.replace(EvaluateOptions.defaults(), heldout=False)
+    t_bare, _ = timed(bare)
+    t_ours, _ = timed(suites.evaluate, record, env.data, env.tmp / "suite-losses", no_heldout)
+    t_bare2, _ = timed(bare)  # after, too: the first pass of either may pay for cold caches
+    n_tok = ev.shape[0] * (ev.shape[1] - 1)
+    t_base = min(t_bare, t_bare2)
+    return [row("suite_eval_vs_bare_forward", n_tok / t_ours, "tokens/s", n_tok / t_base, t_base / t_ours,
+                "a suite revision (GPT-NeoX, save_pretrained) through suite-evaluate's path (per-token losses + Parquet) "
+                "vs a bare forward pass with log-softmax of the same weights; baseline the faster of two runs")]
+
+
+@case
 def loss_slice_load(env):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -7,7 +7,10 @@ Scenarios: every truth (a power law; saturating laws E + A t^-alpha with E/L(T) 
 broken power laws with slope ratio c0/r_d in {2, 4, 8, 15} and sharpness f1 in {0.05, 0.2, 0.5}) x
 every noise (iid 3% per step in log loss; AR(1) with rho 0.9 and 3% marginal sd; iid 3% plus slow
 structure 0.01 sin(2.5 log t + phase), random phase) x both forms (a raw per-step log, and the same
-curve smoothed and log-subsampled before it reaches fit-curve) x both lengths.
+curve smoothed and log-subsampled before it reaches fit-curve) x both lengths. `--forms revisions`
+adds a third form: the curve seen only at a published suite's revisions (Pythia's grid: 1, 2, 4 ...
+512, then 1,000 x 2^k, and the last step), fitted as a suite's evaluation loss is (no smoothing,
+no subsampling; FitOptions.at_revisions), for example with `--lengths 143000`.
 
 Each curve is fitted exactly as `fit-curve` does. Error rates use the warp-speed method for Monte
 Carlo studies of bootstrap procedures (Giacomini, Politis & White 2013): every simulated curve gets
@@ -43,7 +46,7 @@ ALPHA = 0.05
 NULLS = [("power_law", {})] + [("saturating", {"q": q}) for q in (0.2, 0.5, 0.9)]
 BREAKS = [("broken", {"ratio": r, "f1": f}) for r in (2, 4, 8, 15) for f in (0.05, 0.2, 0.5)]
 NOISES = ("iid", "ar1", "slow")
-FORMS = ("raw", "presmoothed")
+FORMS = ("raw", "presmoothed", "revisions")
 FULL_CHECK = [("power_law", {}, "iid"), ("saturating", {"q": 0.5}, "ar1"), ("broken", {"ratio": 4, "f1": 0.2}, "iid"),
               ("broken", {"ratio": 4, "f1": 0.5}, "ar1")]
 
@@ -102,15 +105,29 @@ def noise(kind: str, T: int, rng) -> np.ndarray:
     return e + 0.01 * np.sin(2.5 * np.log(np.arange(1, T + 1)) + rng.uniform(0, 2 * math.pi))
 
 
-def one_curve(s: Scenario, i: int) -> dict:
-    """The fit and one warp-speed draw (test and interval) for curve i of scenario s."""
-    rng = np.random.default_rng(s.seed(i))
+def revision_grid(T: int) -> np.ndarray:
+    """Pythia's published revisions up to T: powers of two to 512, 1,000 x 2^k, and T."""
+    steps = {2**k for k in range(10)} | {1000 * 2**k for k in range(20) if 1000 * 2**k <= T} | {T}
+    return np.array(sorted(s for s in steps if s <= T))
+
+
+def observed(s: Scenario, rng) -> tuple[np.ndarray, np.ndarray, dict | None, FitOptions]:
+    """Curve i of scenario s as the fit receives it (steps, losses), its truth, and the fit options."""
     t, g, true = truth_curve(s, rng)
     loss = np.exp(g + noise(s.noise, s.length, rng))
     if s.form == "presmoothed":
         keep = log_subsample_mask(t)
-        t, loss = t[keep], log_moving_average(loss)[keep]
-    f = prepare_fit(validate_curve(t, loss), FitOptions.defaults())
+        return t[keep], log_moving_average(loss)[keep], true, FitOptions.defaults()
+    if s.form == "revisions":
+        keep = revision_grid(s.length) - 1
+        return t[keep], loss[keep], true, FitOptions.defaults().at_revisions()
+    return t, loss, true, FitOptions.defaults()
+
+
+def one_curve(s: Scenario, i: int) -> dict:
+    """The fit and one warp-speed draw (test and interval) for curve i of scenario s."""
+    t, loss, true, options = observed(s, np.random.default_rng(s.seed(i)))
+    f = prepare_fit(validate_curve(t, loss), options)
     draw_rng = np.random.default_rng(s.seed(10**9 + i))
     S = max(f.null.sse - f.broken.sse, 0) / max(f.broken.sse, 1e-300)
     S_star = break_statistic(f.x, f.noise_for(f.null).sampler(f.null.log_predict)(draw_rng))
@@ -150,13 +167,8 @@ def summarise(s: Scenario, rows: list[dict]) -> dict:
 
 def full_check(s: Scenario, i: int) -> dict:
     """The shipped procedure on curve i: 200 draws, sequential p-value, real intervals."""
-    rng = np.random.default_rng(s.seed(i))
-    t, g, true = truth_curve(s, rng)
-    loss = np.exp(g + noise(s.noise, s.length, rng))
-    if s.form == "presmoothed":
-        keep = log_subsample_mask(t)
-        t, loss = t[keep], log_moving_average(loss)[keep]
-    fit = fit_curve(validate_curve(t, loss), dataclasses.replace(FitOptions.defaults(), seed=i))
+    t, loss, true, options = observed(s, np.random.default_rng(s.seed(i)))
+    fit = fit_curve(validate_curve(t, loss), dataclasses.replace(options, seed=i))
     ci = fit.conf_int()
     row = {"verdict": fit.verdict}
     if true is not None:
@@ -170,18 +182,18 @@ def _task(args):
     return s, [fn(s, i) for i in idx]
 
 
-def scenarios(lengths) -> list[Scenario]:
+def scenarios(lengths, forms=FORMS[:2]) -> list[Scenario]:
     out = []
     for T in lengths:
-        for form in FORMS:
+        for form in forms:
             for truth, params in NULLS + BREAKS:
                 for nz in NOISES:
                     out.append(Scenario(T, form, truth, tuple(sorted(params.items())), nz))
     return out
 
 
-def run(lengths, curves: int, jobs: int, full: int) -> pd.DataFrame:
-    todo = scenarios(lengths)
+def run(lengths, curves: int, jobs: int, full: int, forms=FORMS[:2]) -> pd.DataFrame:
+    todo = scenarios(lengths, forms)
     chunk = max(10, curves // 10)
     tasks = [(one_curve, s, range(a, min(a + chunk, curves))) for s in todo for a in range(0, curves, chunk)]
     if full:
@@ -217,7 +229,8 @@ def _pct(v) -> str:
 def markdown(df: pd.DataFrame) -> str:
     """The three README tables: false positives, power, coverage (per cent of curves)."""
     warp = df[df["method"] == "warp-speed"]
-    cols = [(T, form) for T in sorted(warp["length"].unique()) for form in FORMS]
+    cols = [(T, form) for T in sorted(warp["length"].unique()) for form in FORMS
+            if ((warp["length"] == T) & (warp["form"] == form)).any()]
     head = " | ".join(f"{T:,} {form}" for T, form in cols)
     lines = [f"False-positive rate: % of curves with no break that get a break verdict (aim <= 5; "
              f"{int(warp['curves'].min())} curves each)", "", f"| null truth | noise | {head} |",
@@ -262,6 +275,7 @@ def main(argv=None) -> None:
     p.add_argument("--curves", type=int, default=500, help="simulated curves per scenario (default: %(default)s)")
     p.add_argument("--lengths", type=int, nargs="+", default=[3000, 262144], help="curve lengths (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (default: %(default)s)")
+    p.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS[:2]), help="curve forms (default: %(default)s)")
     p.add_argument("--full", type=int, default=0, help="curves per checked scenario for the shipped procedure (default: %(default)s)")
     p.add_argument("--csv", type=Path, help="write every scenario's rates here")
     p.add_argument("--readme", type=Path, help="replace the calibration block of this README with the tables")
@@ -272,7 +286,7 @@ def main(argv=None) -> None:
         text = markdown(df) + f"\n(From `{args.from_csv}`: {len(df)} scenario rows.)\n"
     else:
         t0 = time.time()
-        df = run(args.lengths, args.curves, args.jobs, args.full)
+        df = run(args.lengths, args.curves, args.jobs, args.full, args.forms)
         text = markdown(df) + f"\n({len(df)} scenario rows, {time.time() - t0:.0f} s with {args.jobs} processes.)\n"
     print(text)
     if args.csv:

@@ -3,8 +3,6 @@
 
 
 rule evaluate:
-    wildcard_constraints:
-        run=TRAINED,
     input:
         marker=L.run("{run}").marker("{step}"),
         manifest=rules.prepare_data.output.manifest,
@@ -15,6 +13,8 @@ rule evaluate:
         L.log("evaluate", "{run}", "step_{step}"),
     benchmark:
         L.benchmark("evaluate", "{run}", "step_{step}")
+    wildcard_constraints:
+        run=TRAINED,
     conda:
         "../envs/scaledyn.yaml"
     resources:

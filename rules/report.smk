@@ -12,7 +12,11 @@ rule report:
         windows=[L.fit_windows(r) for r in ALL_RUNS],
         trends=L.fit_trends,
         zsl=L.zsl_table,
-        losses=[L.losses.partition("tokens", r, s) for r in ALL_RUNS for s in STUDY.steps(r)],
+        losses=[
+            L.losses.partition("tokens", r, s)
+            for r in ALL_RUNS
+            for s in STUDY.steps(r)
+        ],
     output:
         summary=L.report.summary,
         summary_html=report(

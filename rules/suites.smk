@@ -5,14 +5,14 @@
 
 
 rule suite_fetch:
-    wildcard_constraints:
-        run=SUITE,
     input:
         rules.prepare_tokenizer.output,
     output:
         L.run("{run}").revision("{step}"),
     log:
         L.log("suites", "{run}", "fetch_step_{step}"),
+    wildcard_constraints:
+        run=SUITE,
     retries: 2  # a download that failed part-way resumes on the next try
     conda:
         "../envs/scaledyn.yaml"
@@ -25,8 +25,6 @@ rule suite_fetch:
 
 
 rule suite_meta:
-    wildcard_constraints:
-        run=SUITE,
     input:
         revision=lambda w: L.run(w.run).revision(max(SUITES[w.run].steps)),
         manifest=rules.prepare_data.output.manifest,
@@ -34,6 +32,8 @@ rule suite_meta:
         L.run("{run}").run_json,
     log:
         L.log("suites", "{run}", "meta"),
+    wildcard_constraints:
+        run=SUITE,
     conda:
         "../envs/scaledyn.yaml"
     params:
@@ -43,8 +43,6 @@ rule suite_meta:
 
 
 rule suite_evaluate:
-    wildcard_constraints:
-        run=SUITE,
     input:
         revision=L.run("{run}").revision("{step}"),
         manifest=rules.prepare_data.output.manifest,
@@ -55,6 +53,8 @@ rule suite_evaluate:
         L.log("evaluate", "{run}", "step_{step}"),
     benchmark:
         L.benchmark("evaluate", "{run}", "step_{step}")
+    wildcard_constraints:
+        run=SUITE,
     conda:
         "../envs/scaledyn.yaml"
     resources:
@@ -70,8 +70,6 @@ rule suite_evaluate:
 
 
 rule suite_curve:
-    wildcard_constraints:
-        run=SUITE,
     input:
         lambda w: SUITES[w.run].curve
         or [L.losses.partition("sequences", w.run, s) for s in SUITES[w.run].steps],
@@ -79,6 +77,8 @@ rule suite_curve:
         L.run("{run}").train_log,
     log:
         L.log("suites", "{run}", "curve"),
+    wildcard_constraints:
+        run=SUITE,
     conda:
         "../envs/scaledyn.yaml"
     params:
@@ -89,8 +89,6 @@ rule suite_curve:
 
 
 rule suite_gradient:
-    wildcard_constraints:
-        run=SUITE,
     input:
         revision=L.run("{run}").revision("{step}"),
         manifest=rules.prepare_data.output.manifest,
@@ -98,6 +96,8 @@ rule suite_gradient:
         L.zsl_dt1("{run}", "{step}"),
     log:
         L.log("zsl", "gradient_{run}_{step}"),
+    wildcard_constraints:
+        run=SUITE,
     conda:
         "../envs/scaledyn.yaml"
     resources:

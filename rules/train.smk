@@ -4,8 +4,6 @@
 
 
 rule train:
-    wildcard_constraints:
-        run=TRAINED,
     input:
         manifest=rules.prepare_data.output.manifest,
     output:
@@ -16,6 +14,8 @@ rule train:
         L.log("train", "{run}"),
     benchmark:
         L.benchmark("train", "{run}")
+    wildcard_constraints:
+        run=TRAINED,
     priority: 10  # the critical path: start every training run before evaluating finished ones
     conda:
         "../envs/scaledyn.yaml"

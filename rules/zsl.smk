@@ -16,12 +16,10 @@ rule zsl_dtt:
         losses=L.losses.dir,
         pairs=lambda w: "listed" if w.run in SUITES else "log2",
     shell:
-        "scaledyn zsl-dtt --losses {params.losses:q} --run {wildcards.run:q} --pairs {params.pairs} --out {output:q} > {log:q} 2>&1"
+        "scaledyn zsl-dtt --losses {params.losses:q} --run {wildcards.run:q} --pairs {params.pairs:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule zsl_dt1:
-    wildcard_constraints:
-        run=TRAINED,
     input:
         marker=L.run("{run}").marker("{step}"),
         manifest=rules.prepare_data.output.manifest,
@@ -32,6 +30,8 @@ rule zsl_dt1:
         L.log("zsl", "dt1_{run}_{step}"),
     benchmark:
         L.benchmark("zsl_dt1", "{run}", "step_{step}")
+    wildcard_constraints:
+        run=TRAINED,
     conda:
         "../envs/scaledyn.yaml"
     resources:

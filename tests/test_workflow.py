@@ -42,6 +42,17 @@ def test_default_and_paper_dags_plan_offline(tmp_path):
     assert {"prepare_data", "train", "evaluate", "fit_run", "fit_scaling", "zsl_dtt", "zsl_dt1", "report"} <= set(jobs)
 
 
+def test_pythia_suites_plan_offline():
+    """configs/pythia.yaml trains nothing: per size one fetch, evaluation job per revision, and the
+    gradient view at the listed revisions; planning touches no network."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "configs/pythia.yaml"], cwd=REPO,
+                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": __import__("os").environ["PATH"]})
+    assert proc.returncode == 0, proc.stderr
+    jobs = planned(proc)
+    assert "train" not in jobs and jobs["suite_fetch"] == jobs["suite_evaluate"] == 5 * 20
+    assert jobs["suite_gradient"] == 5 * 6 and jobs["suite_meta"] == jobs["suite_curve"] == jobs["fit_run"] == 5
+
+
 def test_bad_config_fails_before_any_job(tmp_path):
     cfg = copy.deepcopy(TINY)
     cfg["model"]["sizes"] = ["tiny-1k", "enormous"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -77,14 +77,10 @@ class Study:
         return list(self.suites[run].steps) if run in self.cfg["suites"] else self.checkpoint_steps
 
     def fit_options(self, run: str) -> FitOptions:
-        """A suite without a training curve is fitted on its evaluation loss at the listed revisions:
-        a few points, each the mean over the whole evaluation set, on an uneven grid. The log moving
-        average and log subsampling assume one noisy point per step, so they are off there (on such
-        a grid they smear the points into a false bend)."""
-        fit = self.fit
+        """A suite without a training curve is fitted on its evaluation loss at the listed revisions."""
         if run in self.cfg["suites"] and not self.suites[run].curve:
-            return replace(fit, smoothing="none", subsample="none", input_smoothed="no")
-        return fit
+            return self.fit.at_revisions()
+        return self.fit
 
     @property
     def checkpoint_steps(self) -> list[int]:

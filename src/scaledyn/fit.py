@@ -42,13 +42,14 @@ VERDICT_LAW = {"deceleration": "broken_power_law", "acceleration": "broken_power
 
 
 def derived(theta, T: float) -> dict:
+    """The paper's quantities of a broken fit. A wild bootstrap refit (few points, a flat stretch)
+    can put them beyond float range: they come out infinite then, and on_scale drops them."""
     logb, c0, c1, logd1, f1 = theta
-    t_d = math.exp(logd1)
-    L_d = math.exp(logb - c0 * logd1)
     r_d = c0 + c1
     with np.errstate(over="ignore", under="ignore"):
+        t_d, L_d, b = (float(np.exp(v)) for v in (logd1, logb - c0 * logd1, logb))
         L_T_hat = float(np.exp(logb - c0 * logd1 - r_d * (math.log(T) - logd1)))
-    return {"t_d": t_d, "L_d": L_d, "r_d": r_d, "L_T_hat": L_T_hat, "b": math.exp(logb), "c0": c0,
+    return {"t_d": t_d, "L_d": L_d, "r_d": r_d, "L_T_hat": L_T_hat, "b": b, "c0": c0,
             "c1": c1, "f1": f1, "slope_ratio": slope_ratio(theta)}
 
 

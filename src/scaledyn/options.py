@@ -10,7 +10,7 @@ config, so editing one stage's options re-runs that stage and what depends on it
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import ClassVar
 
 from .errors import ConfigError
@@ -120,6 +120,12 @@ class FitOptions(StageOptions):
     bootstrap: int
     alpha: float
     seed: int
+
+    def at_revisions(self) -> "FitOptions":
+        """For a curve of a few evaluation losses at a suite's revisions (each a mean over the whole
+        evaluation set, on an uneven grid): the log moving average and log subsampling assume one
+        noisy point per step and would smear such points into a false bend, so both are off."""
+        return replace(self, smoothing="none", subsample="none", input_smoothed="no")
 
 
 @dataclass(frozen=True)

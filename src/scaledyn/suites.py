@@ -26,7 +26,7 @@ from .curve import read_curve_csv
 from .data import TokenData
 from .errors import CheckpointError, SuiteError
 from .hashing import sha256
-from .layout import DataPaths, RunPaths
+from .layout import DataPaths
 from .options import EvaluateOptions, Suite, ZslOptions
 
 # What a revision needs: config, weights (safetensors, or .bin where a suite has only those),
