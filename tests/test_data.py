@@ -224,3 +224,31 @@ def test_content_hash_streams_files_and_hashes_array_views_by_content(tmp_path):
     a.tofile(path)  # 6 MB: several 1 MiB reads
     assert sha256(path) == sha256(a) == hashlib.sha256(a.tobytes()).hexdigest()
     assert sha256(a[::2]) == hashlib.sha256(a[::2].copy().tobytes()).hexdigest()
+
+
+def test_installed_packages_as_corpus_in_the_order_named():
+    """source: packages reads the .py files of installed packages (found without importing them),
+    package by package; the manifest's provenance records each one's distribution and version."""
+    import importlib.metadata
+    import importlib.util
+    from pathlib import Path
+
+    from scaledyn.errors import ConfigError
+
+    study = load_study({"data": {"source": "packages", "packages": ["yaml", "email"], "max_documents": 10**6}})
+    src = Source(study.data)
+    files = src._files()
+    yaml_dir = Path(importlib.util.find_spec("yaml").submodule_search_locations[0])
+    email_dir = Path(importlib.util.find_spec("email").submodule_search_locations[0])
+    n_yaml = sum(1 for f in files if f.is_relative_to(yaml_dir))
+    assert n_yaml > 5 and all(f.is_relative_to(yaml_dir) for f in files[:n_yaml])
+    assert all(f.is_relative_to(email_dir) and f.suffix == ".py" for f in files[n_yaml:]) and len(files) > n_yaml
+    docs = list(src.documents(0))
+    assert docs[0] == files[0].read_text()
+    prov = src.provenance()
+    assert prov["packages"]["yaml"] == f"PyYAML {importlib.metadata.version('PyYAML')}"
+    assert prov["n_files"] == len(files) and len(prov["file_list_sha256"]) == 64
+    with pytest.raises(ConfigError, match=r"data\.packages\[1\]: 'no_such_package_xyz' is not an installed package"):
+        load_study({"data": {"source": "packages", "packages": ["yaml", "no_such_package_xyz"]}})
+    with pytest.raises(ConfigError, match=r"data\.packages: source 'packages' needs at least one"):
+        load_study({"data": {"source": "packages"}})

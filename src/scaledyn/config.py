@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from . import sizes as size_presets
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .layout import Layout
 from .options import (DataOptions, EvaluateOptions, FitOptions, Optimizer, ReportOptions, RunSpec, Schedule, Suite,
                       ZslOptions)
@@ -154,6 +154,16 @@ def _check_finite(node, where: str = "") -> None:
 
 
 def _check_data(data: dict) -> None:
+    if data["source"] == "packages":
+        if not data["packages"]:
+            raise ConfigError("config: data.packages: source 'packages' needs at least one installed package name")
+        from .data import package_dir
+
+        for i, name in enumerate(data["packages"]):
+            try:
+                package_dir(name, i)
+            except DataError as e:
+                raise ConfigError(str(e)) from None
     if data["source"] == "files" and not data["files"]["paths"]:
         raise ConfigError("config: data.files.paths: source 'files' needs at least one path or glob")
     if data["source"] == "hf" and not data["hf"]["name"]:

@@ -17,6 +17,8 @@ eval = [0, N), held-out = [N, N + K*B), train = the remaining stream sequences i
 from __future__ import annotations
 
 import glob
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -47,11 +49,32 @@ def stdlib_files() -> list[Path]:
     """The running Python's own standard-library sources and test suite, UTF-8 files only (about
     31 MB, 10M tokens at a 2,048-token BPE: enough for the default study's single pass), without
     site-packages, which differ from machine to machine."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "dist-packages", "__pycache__"}
+    return _python_files(Path(sysconfig.get_paths()["stdlib"]), skip={"site-packages", "dist-packages"})
+
+
+def package_dir(name: str, i: int = 0) -> Path:
+    """Where an installed package's modules are, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"config: data.packages[{i}]: {name!r} is not an installed package (a directory of modules) "
+                        "in this Python environment")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def package_files(names: list[str]) -> list[Path]:
+    """The Python sources of installed packages, package by package in the order named: tens of
+    millions of tokens offline (transformers, torch, pandas and sympy: about 50M at BPE 2,048),
+    for runs that need one pass over more text than the standard library holds."""
+    return [p for i, name in enumerate(names) for p in _python_files(package_dir(name, i))]
+
+
+def _python_files(root: Path, skip=frozenset()) -> list[Path]:
     files = []
     for d, dirs, names in os.walk(root):  # pruned, unlike rglob, which would walk all of site-packages
-        dirs[:] = [x for x in dirs if x not in skip]
+        dirs[:] = [x for x in dirs if x not in skip and x != "__pycache__"]
         files += [Path(d, n) for n in names if n.endswith(".py")]
     return sorted(p for p in files if _is_utf8(p))
 
@@ -128,8 +151,11 @@ class Source:
         self.kind = data.source
 
     def _files(self) -> list[Path]:
-        files = stdlib_files() if self.kind == "stdlib" else _expand(self.data.files["paths"])
-        one_doc_per_file = self.kind == "stdlib" or self.data.files["format"] == "text"
+        if self.kind in ("stdlib", "packages"):
+            files = stdlib_files() if self.kind == "stdlib" else package_files(self.data.packages)
+        else:
+            files = _expand(self.data.files["paths"])
+        one_doc_per_file = self._python_sources() or self.data.files["format"] == "text"
         return files[: self.data.max_documents] if self.data.max_documents and one_doc_per_file else files
 
     def slices(self) -> int:
@@ -139,8 +165,11 @@ class Source:
         return self.data.slices
 
     def _doc_per_unit(self) -> bool:
-        return self.kind == "stdlib" or (self.kind == "files" and self.data.files["format"] == "text") or (
+        return self._python_sources() or (self.kind == "files" and self.data.files["format"] == "text") or (
             self.kind == "hf" and not self.data.hf["streaming"])
+
+    def _python_sources(self) -> bool:
+        return self.kind in ("stdlib", "packages")
 
     def documents(self, k: int):
         """The documents of slice k (of `slices()`), in order."""
@@ -150,7 +179,7 @@ class Source:
             return
         files = self._files()
         bounds = np.linspace(0, len(files), n + 1).round().astype(int)
-        fmt, field = ("text", "text") if self.kind == "stdlib" else (self.data.files["format"], self.data.files["field"])
+        fmt, field = ("text", "text") if self._python_sources() else (self.data.files["format"], self.data.files["field"])
         count = 0
         for path in files[bounds[k] : bounds[k + 1]]:
             for doc in _file_documents(path, fmt, field):
@@ -192,6 +221,19 @@ class Source:
             return {"source": "stdlib", "python_version": platform.python_version(),
                     "python_implementation": platform.python_implementation(), "n_files": len(self._files()),
                     "file_list_sha256": sha256(listing.encode())}
+        if self.kind == "packages":
+            dists = importlib.metadata.packages_distributions()
+            versions = {}
+            for name in self.data.packages:
+                dist = dists.get(name, [name])[0]
+                try:
+                    versions[name] = f"{dist} {importlib.metadata.version(dist)}"
+                except importlib.metadata.PackageNotFoundError:
+                    versions[name] = "version unknown"
+            listing = "\n".join(f"{name}/{p.relative_to(package_dir(name, i))}" for i, name in enumerate(self.data.packages)
+                                for p in _python_files(package_dir(name, i)))
+            return {"source": "packages", "packages": versions, "python_version": platform.python_version(),
+                    "n_files": len(self._files()), "file_list_sha256": sha256(listing.encode())}
         if self.kind == "files":
             f = self.data.files
             return {"source": "files", "format": f["format"], "field": f["field"], "files": [str(p) for p in self._files()]}

@@ -53,6 +53,7 @@ class StageOptions:
 class DataOptions(StageOptions):
     SECTION: ClassVar[str] = "data"
     source: str
+    packages: list
     files: dict
     hf: dict
     max_documents: int | None
