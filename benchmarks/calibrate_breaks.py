@@ -279,6 +279,7 @@ def main(argv=None) -> None:
     p.add_argument("--full", type=int, default=0, help="curves per checked scenario for the shipped procedure (default: %(default)s)")
     p.add_argument("--csv", type=Path, help="write every scenario's rates here")
     p.add_argument("--readme", type=Path, help="replace the calibration block of this README with the tables")
+    p.add_argument("--block", default="calibration", help="the block of --readme to replace (default: %(default)s)")
     p.add_argument("--from-csv", type=Path, help="rebuild the tables from an earlier run's --csv instead of simulating")
     args = p.parse_args(argv)
     if args.from_csv:
@@ -292,7 +293,7 @@ def main(argv=None) -> None:
     if args.csv:
         df.to_csv(args.csv, index=False)
     if args.readme:
-        replace_block(args.readme, "calibration", text)
+        replace_block(args.readme, args.block, text)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     /usr/bin/time -v snakemake --cores 2 2> time.txt        (or bash's `time`)
     python -m benchmarks.study_readme results --time time.txt --readme README.md
+    python -m benchmarks.study_readme results-cpu-long --time time.txt --block cpu-long \
+        --command "snakemake --cores 2 --configfile configs/cpu-long.yaml"
 """
 
 import argparse
@@ -11,7 +13,7 @@ from pathlib import Path
 from benchmarks import replace_block
 
 
-def study_block(results: Path, time_file: Path | None) -> str:
+def study_block(results: Path, time_file: Path | None, command: str = "snakemake --cores 2") -> str:
     report = results / "report"
     summary = (report / "summary.md").read_text().replace("# Study summary\n", "")
     summary = re.sub(r"^## ", "#### ", summary, flags=re.M)
@@ -23,8 +25,8 @@ def study_block(results: Path, time_file: Path | None) -> str:
         wall = gnu.group(1) + " (m:ss)" if gnu else f"{bash.group(1)} min {float(bash.group(2)):.0f} s"
         peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
         peak_text = f", largest process {int(peak.group(1)) / 1e6:.2f} GB" if peak else ""
-        lines.append(f"One `snakemake --cores 2` on this 2-core machine: **{wall}** wall time{peak_text}. "
-                     f"From `results/report/fits.md` and `summary.md`:\n")
+        lines.append(f"One `{command}` on this 2-core machine: **{wall}** wall time{peak_text}. "
+                     f"From `{results.name}/report/fits.md` and `summary.md`:\n")
     lines += [(report / "fits.md").read_text(), summary]
     return "\n".join(lines)
 
@@ -34,8 +36,10 @@ def main(argv=None) -> None:
     p.add_argument("results", type=Path)
     p.add_argument("--time", type=Path, help="the run's timing: GNU `time -v` output, or bash's `time`")
     p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--block", default="study", help="the README block to replace (<!-- BLOCK:start --> ... end)")
+    p.add_argument("--command", default="snakemake --cores 2", help="the command that made the results, for the text")
     args = p.parse_args(argv)
-    replace_block(args.readme, "study", study_block(args.results, args.time))
+    replace_block(args.readme, args.block, study_block(args.results, args.time, args.command))
 
 
 if __name__ == "__main__":
