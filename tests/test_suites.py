@@ -204,6 +204,7 @@ def test_workflow_writes_every_revision_and_every_pair(suite_study):
     assert fit["verdict"] in ("deceleration", "acceleration", "smooth_bend", "power_law")
     summary = suite_study.report.summary.read_text()
     assert "tiny is a published suite" in summary and "evaluation loss at the listed revisions" in summary
+    assert "calibrated (docs/calibration.md)" in summary
     assert "along the held-out batch's mean gradient" in summary
 
 
