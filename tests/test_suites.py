@@ -132,7 +132,7 @@ def test_config_refuses_another_tokenizer(suite_env):
         load_study(cfg)
 
 
-def _fetch(env: dict, suite: dict, step: int, data_dir: Path, out: Path, hf_env: dict) -> subprocess.CompletedProcess:
+def _fetch(suite: dict, step: int, data_dir: Path, out: Path, hf_env: dict) -> subprocess.CompletedProcess:
     from scaledyn.options import Suite
 
     cfg = {"revision": "step{step}", "curve": None, "non_embedding_params": None, "seed": 0, "gradient_steps": [], **suite}
@@ -152,21 +152,21 @@ def test_hub_revisions_from_the_cache_offline_and_the_named_errors(suite_env, tm
     data = tmp_path / "data"
     prepare_tokenizer(load_study(study_config(suite_env)).data, data)
     suite = {"model": REPO_ID, "steps": [4, 8], "tokens_per_step": 256}
-    ok = _fetch(suite_env, suite, 8, data, tmp_path / "rev8.json", hf)
+    ok = _fetch(suite, 8, data, tmp_path / "rev8.json", hf)
     assert ok.returncode == 0, ok.stderr
     record = json.loads((tmp_path / "rev8.json").read_text())
     assert Path(record["path"]).parent.parent.name == f"models--{REPO_ID.replace('/', '--')}"
     assert record["commit"] == (suite_env["cache"] / f"models--{REPO_ID.replace('/', '--')}" / "refs" / "step8").read_text()
     assert record["tokens_seen"] == 8 * 256
 
-    missing = _fetch(suite_env, {**suite, "steps": [3, 8]}, 3, data, tmp_path / "rev3.json", hf)
+    missing = _fetch({**suite, "steps": [3, 8]}, 3, data, tmp_path / "rev3.json", hf)
     assert missing.returncode == 1 and not (tmp_path / "rev3.json").exists()
     assert "revision 'step3' (step 3) of local-org/tiny-neox is not in the HF cache" in missing.stderr
     assert "available: step0, step1, step2, step4, step8, step16, step32, step64, step128" in missing.stderr
 
     other = tmp_path / "other-data"
     shutil.copytree(suite_env["other"] / "step0", DataPaths(other).tokenizer)  # prepared with another tokenizer
-    wrong = _fetch(suite_env, suite, 8, other, tmp_path / "wrong.json", hf)
+    wrong = _fetch(suite, 8, other, tmp_path / "wrong.json", hf)
     assert wrong.returncode == 1 and "the suite's tokenizer" in wrong.stderr and "differs from data.tokenizer" in wrong.stderr
 
 
