@@ -266,15 +266,9 @@ def _change_rows(k: int, measured: dict, pred) -> pd.DataFrame:
 
 
 def _summarise(rows: list[dict], extra: list[dict], spec: RunSpec, step: int, lr: float, lr_note: str) -> pd.DataFrame:
-    per_batch = pd.DataFrame(rows)
-    agg = per_batch.groupby(["split", "granularity"], sort=False).agg(
-        n=("D", "size"), **{m: (m, "mean") for m in zsl.METRICS}, **{f"{m}_std": (m, "std") for m in zsl.METRICS}
-    ).reset_index()
-    for i, (col, value) in enumerate((("run", spec.name), ("size", spec.size.name), ("seed", spec.seed), ("step", step),
-                                      ("step_next", step + 1), ("dt", 1), ("variant", "dt=1"))):
-        agg.insert(i, col, value)
-    agg["spread"] = f"std over {len(extra)} held-out batches"
-    agg = agg[zsl.COLUMNS]
+    keys = {"run": spec.name, "size": spec.size.name, "seed": spec.seed, "step": step, "step_next": step + 1, "dt": 1,
+            "variant": "dt=1"}
+    agg = zsl.batch_means(rows, keys, len(extra))
     ex = pd.DataFrame(extra)
     for col in [c for c in ex.columns if c != "batch" and ex[c].dtype != object]:
         agg[f"{col}_mean"] = float(ex[col].mean())

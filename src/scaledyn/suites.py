@@ -267,14 +267,7 @@ def direction_analysis(revision, data_dir, out, options: ZslOptions | None = Non
                 pred = jvp_predictions(model, x, full, options.batch_size).detach().cpu().numpy().astype(np.float64)
                 for gran, vals in (("token", pred.ravel()), ("sequence", pred.mean(axis=1))):
                     rows.append({"variant": variant, "split": split, "granularity": gran, **zsl.metrics(vals)})
-    per = pd.DataFrame(rows)
-    agg = per.groupby(["variant", "split", "granularity"], sort=False).agg(
-        n=("D", "size"), **{m: (m, "mean") for m in zsl.METRICS}, **{f"{m}_std": (m, "std") for m in zsl.METRICS}
-    ).reset_index()
-    for i, (col, value) in enumerate((("run", suite.name), ("size", suite.name), ("seed", suite.seed), ("step", step),
-                                      ("step_next", step), ("dt", 0))):
-        agg.insert(i, col, value)
-    agg["spread"] = f"std over {data.manifest['heldout_batches']} held-out batches"
-    agg = agg[zsl.COLUMNS]
+    keys = {"run": suite.name, "size": suite.name, "seed": suite.seed, "step": step, "step_next": step, "dt": 0}
+    agg = zsl.batch_means(rows, keys, data.manifest["heldout_batches"])
     zsl.write_table(agg, out)
     return agg

@@ -63,6 +63,20 @@ def fold_spread(x: np.ndarray, fold_of: np.ndarray) -> dict[str, float]:
     return {f"{m}_std": float(np.std([p[m] for p in per], ddof=1)) if len(per) > 1 else float("nan") for m in METRICS}
 
 
+def batch_means(rows: list[dict], keys: dict, batches: int) -> pd.DataFrame:
+    """Metrics measured once per held-out batch (rows keyed by split, granularity and, unless `keys`
+    fixes it, variant), averaged over the batches beside their std, as table rows; `keys` holds
+    the columns that are the same for every row (run, size, seed, step, ...)."""
+    by = [c for c in ("variant", "split", "granularity") if c not in keys]
+    agg = pd.DataFrame(rows).groupby(by, sort=False).agg(
+        n=("D", "size"), **{m: (m, "mean") for m in METRICS}, **{f"{m}_std": (m, "std") for m in METRICS}
+    ).reset_index()
+    for col, value in keys.items():
+        agg[col] = value
+    agg["spread"] = f"std over {batches} held-out batches"
+    return agg[COLUMNS]
+
+
 def log2_pairs(steps) -> list[tuple[int, int]]:
     """Consecutive log2 checkpoints (t, 2t) among the available steps."""
     have = set(int(s) for s in steps)
