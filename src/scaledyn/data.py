@@ -230,10 +230,11 @@ class Source:
                     versions[name] = f"{dist} {importlib.metadata.version(dist)}"
                 except importlib.metadata.PackageNotFoundError:
                     versions[name] = "version unknown"
-            listing = "\n".join(f"{name}/{p.relative_to(package_dir(name, i))}" for i, name in enumerate(self.data.packages)
-                                for p in _python_files(package_dir(name, i)))
+            roots = [package_dir(name, i) for i, name in enumerate(self.data.packages)]
+            files = self._files()
+            listing = "\n".join(str(p.relative_to(next(r.parent for r in roots if p.is_relative_to(r)))) for p in files)
             return {"source": "packages", "packages": versions, "python_version": platform.python_version(),
-                    "n_files": len(self._files()), "file_list_sha256": sha256(listing.encode())}
+                    "n_files": len(files), "file_list_sha256": sha256(listing.encode())}
         if self.kind == "files":
             f = self.data.files
             return {"source": "files", "format": f["format"], "field": f["field"], "files": [str(p) for p in self._files()]}
