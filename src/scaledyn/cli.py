@@ -297,7 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--losses", required=True, help="losses dataset root")
     sp.add_argument("--run", required=True, help="run name")
     sp.add_argument("--out", required=True, help="table to write (.parquet; a .csv is written beside it)")
-
     sp.add_argument("--pairs", choices=["log2", "listed"], default="log2",
                     help="log2: t -> 2t between power-of-two checkpoints (trained runs); listed: each listed step to 2t "
                          "where listed, else to the next listed step (suites)")
@@ -307,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", default="config.yaml", help="study config, when no --suite is given")
         sp.add_argument("--name", help="suite name in --config")
 
+    def revision_args(sp, out: str):
+        sp.add_argument("--revision", required=True, help="revision record from suite-fetch")
+        sp.add_argument("--data", required=True, help="prepared data directory")
+        sp.add_argument("--out", required=True, help=out)
+
     sp = add("suite-fetch", cmd_suite_fetch, "Fetch one revision of a published suite (once; from the HF cache offline), "
              "check it against the prepared tokenizer, and record where it is.")
     suite_args(sp)
@@ -315,15 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="revision record (JSON) to write")
 
     sp = add("suite-meta", cmd_suite_meta, "Write a suite's run.json (parameter counts, architecture) from a revision record.")
-    sp.add_argument("--revision", required=True, help="revision record from suite-fetch")
-    sp.add_argument("--data", required=True, help="prepared data directory")
-    sp.add_argument("--out", required=True, help="run.json to write")
+    revision_args(sp, "run.json to write")
 
     sp = add("suite-evaluate", cmd_suite_evaluate, "Per-token losses of one suite revision into the Parquet dataset.",
              options=True)
-    sp.add_argument("--revision", required=True, help="revision record from suite-fetch")
-    sp.add_argument("--data", required=True, help="prepared data directory")
-    sp.add_argument("--out", required=True, help="losses dataset root")
+    revision_args(sp, "losses dataset root")
     sp.add_argument("--batch-size", type=int, help=f"sequences per forward pass {d(ev.batch_size)}")
 
     sp = add("suite-curve", cmd_suite_curve, "A suite's loss curve (step,loss): its training curve, else its evaluation "
@@ -334,9 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("suite-gradient", cmd_suite_gradient, "Gradient-direction view of a suite revision (no optimizer state): "
              "JVP-predicted loss changes along each held-out batch's mean gradient and its sign.", options=True)
-    sp.add_argument("--revision", required=True, help="revision record from suite-fetch")
-    sp.add_argument("--data", required=True, help="prepared data directory")
-    sp.add_argument("--out", required=True, help="metrics table (.parquet; a .csv is written beside it)")
+    revision_args(sp, "metrics table (.parquet; a .csv is written beside it)")
     sp.add_argument("--batch-size", type=int, help=f"sequences per forward pass {d(zs.batch_size)}")
 
     sp = add("zsl-dt1", cmd_zsl_dt1, "One optimizer step from a checkpoint on each held-out batch.", options=True)

@@ -202,6 +202,8 @@ def _check_suites(study: Study) -> None:
         raise ConfigError("config: model.sizes: the study has no sizes to train and no suites to analyse")
     if not cfg["suites"]:
         return
+    from .suites import check_local_suite
+
     if cfg["data"]["tokenizer"]["kind"] != "pretrained":
         raise ConfigError("config: data.tokenizer.kind: suites are evaluated on text tokenized with their own tokenizer; "
                           "set kind 'pretrained' and name it (data.tokenizer.name)")
@@ -213,8 +215,6 @@ def _check_suites(study: Study) -> None:
             raise ConfigError(f"config: suites.{name}.gradient_steps: {missing} are not among suites.{name}.steps")
         if suite.curve and not Path(suite.curve).is_file():
             raise ConfigError(f"config: suites.{name}.curve: file not found: {suite.curve}")
-        from .suites import check_local_suite
-
         check_local_suite(suite, cfg["data"]["tokenizer"]["name"])
 
 
