@@ -77,7 +77,7 @@ def test_simulator_smooths_like_the_data():
     """Per-step noise pushed through the log moving average: far smaller at late fitted points."""
     steps = np.arange(1, 30001, dtype=float)
     idx = np.array([109, 999, 29999])
-    sim = CurveSimulator.per_step_sieve(steps, idx, "log-ma", np.random.default_rng(1).normal(0, 0.03, 30000), "test")
+    sim = CurveSimulator.per_step_sieve(steps, steps, idx, True, np.random.default_rng(1).normal(0, 0.03, 30000), "test")
     draw = sim.sampler(lambda x: np.zeros_like(x))
     rng = np.random.default_rng(2)
     sd = np.array([draw(rng) for _ in range(300)]).std(0)

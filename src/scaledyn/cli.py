@@ -21,8 +21,17 @@ from .launch import leave_process_group
 
 
 def _stage_options(cls, args, **flags):
+    """The stage's options from --options (or the schema's defaults) with the flags given on top,
+    validated together by the schema and the options' own checks, exactly as a config file is."""
+    from .errors import ConfigError
+
     base = cls.from_json(args.options) if args.options else cls.defaults()
-    return dataclasses.replace(base, **{k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return cls.from_json(json.dumps({**dataclasses.asdict(base), **given}))
+    except ConfigError as e:
+        key = next((k for k in given if f".{k}:" in str(e) or f".{k} " in str(e)), None)
+        raise ConfigError(f"--{key.replace('_', '-')}: {str(e).split(': ', 2)[-1]}" if key else str(e)) from None
 
 
 def cmd_validate(args) -> None:
@@ -99,7 +108,8 @@ def cmd_fit_curve(args) -> None:
     from .options import FitOptions
 
     options = _stage_options(FitOptions, args, smoothing=args.smoothing, subsample=args.subsample,
-                             transient_steps=args.transient_steps, input_smoothed=args.input_smoothed,
+                             transient_steps=args.transient_steps, axis=args.axis, x_per_step=args.x_per_step,
+                             input_smoothed=args.input_smoothed,
                              on_duplicate=args.on_duplicate, bootstrap=args.bootstrap, alpha=args.alpha, seed=args.seed)
     print(fit_curve_file(args.input, args.out, options).summary(), end="")
 
@@ -277,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"was the curve smoothed before? auto: log-subsampled steps mean log-ma {d(fit.input_smoothed)}")
     sp.add_argument("--on-duplicate", choices=["last", "first", "mean", "error"],
                     help=f"a step logged twice with different losses keeps this value {d(fit.on_duplicate)}")
-    sp.add_argument("--bootstrap", type=_at_least(19), help=f"draws for the test and the intervals {d(fit.bootstrap)}")
+    sp.add_argument("--axis", choices=["steps", "tokens", "flops"], help="the x fitted: the CSV's step, tokens or flops "
+                    f"column (t_d comes out in its units; preprocessing stays on steps) {d(fit.axis)}")
+    sp.add_argument("--x-per-step", type=float, help="tokens or FLOPs per step, for a CSV without a step column "
+                    "(default: inferred from the grid)")
+    sp.add_argument("--bootstrap", type=int, help=f"draws for the test and the intervals {d(fit.bootstrap)}")
     sp.add_argument("--alpha", type=float, help=f"significance level of the break test {d(fit.alpha)}")
     sp.add_argument("--seed", type=int, help=f"bootstrap seed {d(fit.seed)}")
 
@@ -362,16 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--histogram-steps", nargs="*", type=int, help=f"checkpoints for the histograms {d(rp.histogram_steps or 'around t_d')}")
     sp.add_argument("--out", required=True, help="report directory")
     return p
-
-
-def _at_least(n: int):
-    def parse(text: str) -> int:
-        v = int(text)
-        if v < n:
-            raise argparse.ArgumentTypeError(f"{v} is fewer than {n}: a bootstrap p-value cannot reach 0.05 with fewer draws")
-        return v
-
-    return parse
 
 
 def main(argv=None) -> None:

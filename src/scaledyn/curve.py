@@ -8,7 +8,9 @@ logged). Preprocessing follows the paper's reference analysis (methodology.md se
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +25,34 @@ SUBSAMPLE_CAP = 1000  # methodology.md: every 1,000th step from 10,000 on, howev
 MA_FACTOR = 1.2
 
 
+AXES = ("steps", "tokens", "flops")  # what the fitted x is; preprocessing always works on training steps
+
+
 @dataclass(frozen=True)
 class Curve:
+    """A loss curve on training steps, and the axis the laws are fitted on.
+
+    Smoothing windows, log subsampling and the transient cut are defined on training steps (the
+    reference pipeline's), so they mean the same whatever the fitted axis: a curve in tokens is
+    preprocessed exactly like the same curve in steps and its t_d comes out in tokens."""
+
     step: np.ndarray
     loss: np.ndarray
     source: str = "curve"
     rows_read: int = 0
     duplicates: dict | None = None  # what the duplicate policy did, for FIT.json
+    x: np.ndarray | None = None  # the fitted axis' values where it is not `step`
+    axis: str = "steps"
+    x_per_step: float | None = None  # a tokens or FLOPs axis read without a step column: its unit
+
+    @property
+    def axis_values(self) -> np.ndarray:
+        return self.step if self.x is None else self.x
+
+    def truncated(self, keep: np.ndarray) -> "Curve":
+        """The same curve restricted to the rows `keep` (a boolean mask)."""
+        return dataclasses.replace(self, step=self.step[keep], loss=self.loss[keep],
+                                   x=None if self.x is None else self.x[keep])
 
 
 def _row(i: int) -> str:
@@ -88,10 +111,15 @@ def resolve_duplicates(step: np.ndarray, loss: np.ndarray, policy: str, source: 
     return kept, {**record, "values": values}
 
 
-def validate_curve(step, loss, source: str = "curve", on_duplicate: str = "last") -> Curve:
-    """Refuse what would silently corrupt a fit; rows are numbered as in a CSV with a header."""
+def validate_curve(step, loss, source: str = "curve", on_duplicate: str = "last", x=None, axis: str = "steps",
+                   x_per_step: float | None = None) -> Curve:
+    """Refuse what would silently corrupt a fit; rows are numbered as in a CSV with a header.
+
+    `x` is the fitted axis where it is not `step` (tokens, FLOPs): it must rise with the steps."""
     step = np.asarray(step, dtype=float)
     loss = np.asarray(loss, dtype=float)
+    if axis not in AXES:
+        raise CurveError(f"{source}: axis must be one of {AXES}, got {axis!r}")
     if step.shape != loss.shape or step.ndim != 1:
         raise CurveError(f"{source}: step and loss columns differ in length")
     if len(step) == 0:
@@ -100,20 +128,55 @@ def validate_curve(step, loss, source: str = "curve", on_duplicate: str = "last"
     _check_values("loss", loss, source)
     kept, record = resolve_duplicates(step, loss, on_duplicate, source)
     values = record.pop("values")
-    d = np.diff(step[kept])
+    _, inverse, counts = np.unique(step, return_inverse=True, return_counts=True)
+    single = np.flatnonzero(counts[inverse] == 1)  # rows whose step is logged only once, in file order
+    d = np.diff(step[single])
     if np.any(d < 0):
         j = int(np.flatnonzero(d < 0)[0])
-        i, prev = kept[j + 1], kept[j]
+        i, prev = single[j + 1], single[j]
         raise CurveError(f"{source}: {_row(i)}: step {step[i]:g} comes after step {step[prev]:g} ({_row(prev)}) "
                          "and is not a repeat of an earlier step; steps must increase")
-    return Curve(step[kept], values[kept], source, len(step), record)
+    kept = kept[np.argsort(step[kept], kind="stable")]  # repeated blocks resolved: the curve in step order
+    if x is not None:
+        x = np.asarray(x, dtype=float)[kept]
+        _check_values(axis, x, source)
+        if np.any(np.diff(x) <= 0):
+            j = int(np.flatnonzero(np.diff(x) <= 0)[0])
+            raise CurveError(f"{source}: {axis} {x[j + 1]:g} at step {step[kept][j + 1]:g} does not rise above "
+                             f"{x[j]:g} at step {step[kept][j]:g}; the fitted axis must increase with the steps")
+    return Curve(step[kept], values[kept], source, len(step), record, x, axis, x_per_step)
 
 
-def read_curve_csv(path: str | Path, on_duplicate: str = "last") -> Curve:
-    """A `step,loss` CSV (other columns ignored), with one-line errors for every malformed file."""
+def infer_x_per_step(x: np.ndarray, source: str) -> float:
+    """The tokens (or FLOPs) per step of an axis read without a step column: the smallest gap
+    between rows, accepted only if every value is a whole number of it (a per-step log, or the
+    reference's log-subsampled curve, whose rows from step 10 to 99 are consecutive)."""
+    x = np.unique(np.asarray(x, float))
+    gaps = np.diff(x)
+    unit = float(gaps.min()) if len(gaps) else float(x[0])
+    ratio = x / unit
+    if len(x) < 2 or np.max(np.abs(ratio - np.round(ratio))) > 1e-6:
+        raise CurveError(f"{source}: the steps of this axis cannot be inferred (its values are not whole multiples of "
+                         "the smallest gap between rows); add a step column or give --x-per-step")
+    return unit
+
+
+AXIS_COLUMN = {"steps": "step", "tokens": "tokens", "flops": "flops"}
+
+
+def read_curve_csv(path: str | Path, on_duplicate: str = "last", axis: str = "steps",
+                   x_per_step: float | None = None) -> Curve:
+    """A `step,loss` CSV (other columns ignored), with one-line errors for every malformed file.
+
+    With `axis` tokens or flops the fitted x is that column; the steps come from a `step` column,
+    or are the axis divided by `x_per_step` (inferred from the grid when not given)."""
     import pandas as pd
 
     path = Path(path)
+    if axis not in AXIS_COLUMN:
+        raise CurveError(f"{path}: axis must be one of {AXES}, got {axis!r}")
+    if x_per_step is not None and not (math.isfinite(x_per_step) and x_per_step > 0):
+        raise CurveError(f"{path}: x_per_step must be a positive number, got {x_per_step!r}")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -125,20 +188,21 @@ def read_curve_csv(path: str | Path, on_duplicate: str = "last") -> Curve:
     except UnicodeDecodeError as e:
         raise CurveError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
                          "save it as UTF-8 CSV") from None
+    x_col = AXIS_COLUMN[axis]
     if not text.strip():
-        raise CurveError(f"{path}: empty file (need a header line `step,loss` and data rows)")
+        raise CurveError(f"{path}: empty file (need a header line `{x_col},loss` and data rows)")
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
         raise CurveError(f"{path}: not a readable CSV ({str(e).strip()})") from None
     df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in ("step", "loss") if c not in df.columns]
+    missing = [c for c in (x_col, "loss") if c not in df.columns]
     if missing:
-        raise CurveError(f"{path}: missing column(s) {missing}; found {list(df.columns)} (need step,loss)")
+        raise CurveError(f"{path}: missing column(s) {missing}; found {list(df.columns)} (need {x_col},loss)")
     if len(df) == 0:
         raise CurveError(f"{path}: header only, no data rows")
     cols = {}
-    for c in ("step", "loss"):
+    for c in dict.fromkeys([x_col, "loss"] + (["step"] if "step" in df.columns else [])):
         text_col = df[c].str.strip()
         empty = np.flatnonzero(text_col == "")
         if empty.size:
@@ -149,18 +213,51 @@ def read_curve_csv(path: str | Path, on_duplicate: str = "last") -> Curve:
             i = bad[0]
             raise CurveError(f"{path}: {_row(i)}: {c} {df[c].iloc[i]!r} is not a number")
         cols[c] = num.to_numpy(dtype=float)
-    return validate_curve(cols["step"], cols["loss"], str(path), on_duplicate)
+    if axis == "steps":
+        return validate_curve(cols["step"], cols["loss"], str(path), on_duplicate)
+    x = cols[x_col]
+    _check_values(x_col, x, str(path))
+    if "step" in cols and x_per_step is None:
+        return validate_curve(cols["step"], cols["loss"], str(path), on_duplicate, x=x, axis=axis)
+    unit = x_per_step or infer_x_per_step(x, str(path))
+    return validate_curve(x / unit, cols["loss"], str(path), on_duplicate, x=x, axis=axis, x_per_step=unit)
 
 
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def log_moving_average(y: np.ndarray, factor: float = MA_FACTOR) -> np.ndarray:
-    """y_s[j] = mean(y[floor(j / factor) .. j]): the window grows with j, as in the reference."""
+def window_starts(steps: np.ndarray, factor: float = MA_FACTOR) -> np.ndarray:
+    """The row where each row's smoothing window starts. The window of the point at step s holds
+    the rows whose steps lie in [floor((s - 1) / factor) + 1, s]: on a per-step log from step 1
+    that is rows floor(j / factor) .. j, the reference's definition; on a sparser or irregular
+    grid (every 7th step, a log-spaced grid) it is the same span of log steps, however many rows
+    fall in it, never a count of rows that could reach back decades."""
+    steps = np.asarray(steps, float)
+    return np.searchsorted(steps, np.floor((steps - 1) / factor) + 1, side="left")
+
+
+def log_moving_average(y: np.ndarray, steps: np.ndarray | None = None, factor: float = MA_FACTOR) -> np.ndarray:
+    """y_s at each row: the mean of y over its window (window_starts); `steps` default 1, 2, ..."""
+    y = np.asarray(y, float)
     j = np.arange(len(y))
-    lo = np.floor(j / factor).astype(np.int64)
+    lo = window_starts(j + 1.0 if steps is None else steps, factor)
     c = np.concatenate([[0.0], np.cumsum(y)])
     return (c[j + 1] - c[lo]) / (j + 1 - lo)
+
+
+class WindowMeans:
+    """The log moving average of values on a step grid, at chosen rows only: the bootstrap smooths
+    hundreds of simulated curves and reads a few hundred points of each. Called with the values
+    from row `first` (the first any chosen window needs) to the end."""
+
+    def __init__(self, steps: np.ndarray, rows: np.ndarray):
+        lo = window_starts(steps)[rows]
+        self.first = int(lo.min())
+        self.start, self.stop, self.width = lo - self.first, rows + 1 - self.first, rows + 1 - lo
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        c = np.concatenate([[0.0], np.cumsum(values)])
+        return (c[self.stop] - c[self.start]) / self.width
 
 
 def _decade(x: np.ndarray) -> np.ndarray:
@@ -248,7 +345,7 @@ class Preprocessing:
 
 def fit_points(steps: np.ndarray, loss: np.ndarray, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of the fitted points, their (possibly smoothed) losses, and the smoothed full curve."""
-    smooth = log_moving_average(loss) if pre.smoothing == "log-ma" else np.asarray(loss, float)
+    smooth = log_moving_average(loss, steps) if pre.smoothing == "log-ma" else np.asarray(loss, float)
     keep = log_subsample_mask(steps) if pre.subsample == "log" else np.ones(len(steps), bool)
     keep &= steps > pre.transient_steps
     idx = np.flatnonzero(keep)

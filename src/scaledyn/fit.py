@@ -1,17 +1,25 @@
 """Loss deceleration of one training-loss curve: preprocessing, the three fits, the break test and
 bootstrap intervals, returned as a `BrokenPowerLawFit` results object (FIT.json is its JSON form).
 
-The broken power law (BNSL, methodology.md section 3):
+The broken power law (BNSL; docs/method.md):
 
     L(t) = b t^-c0 (1 + (t / d1)^(1 / f1))^(-c1 f1)
     t_d = d1,  L_d = b t_d^-c0,  r_d = c0 + c1,  L_T_hat = L_d (T / t_d)^-r_d
 
-Intervals come from a parametric bootstrap: curves of the fitted broken shape with the observed
-noise (noise.py) are preprocessed like the data and refitted from scratch. They are "basic"
-bootstrap intervals (estimate minus the quantiles of estimate* - estimate), so the bias that the
-log moving average puts into t_d (the smoothed curve lags the raw one by about 9%) is corrected in
-the interval; `t_d_corrected` is the bias-corrected point estimate. Top-level `t_d` stays the
-reference pipeline's estimate, comparable with published values.
+One estimand per number. The reference pipeline fits the *smoothed* curve (a log moving average),
+so `t_d`, `L_d`, `r_d` and `L_T_hat` are those of the smoothed curve: the numbers a published
+analysis reports and compares. The smoother lags the raw curve (by about 9% in t_d), so
+`t_d_corrected` is the break of the per-step curve itself, the training's own: the per-step law
+whose log moving average, fitted exactly like the data, gives the smoothed fit (solved by fixed
+point; `delag`). Each has an interval of its own estimand from one parametric bootstrap: curves of
+the fitted shape with the observed noise (noise.py) are preprocessed like the data and refitted
+from scratch, and the intervals are basic bootstrap intervals (estimate minus the quantiles of
+estimate* - estimate) on each quantity's scale (log for the positive ones). For a raw log the
+simulated per-step curves are those of the corrected law, so their smoothed refits centre on the
+smoothed estimate; t_d_corrected's interval is t_d's shifted by the same correction.
+`benchmarks/calibrate_breaks.py` measures coverage, including whether every estimate lies in its
+own interval; where a bootstrap interval misses its estimate it is widened to hold it, with a
+warning (`estimate_outside_interval`).
 """
 
 from __future__ import annotations
@@ -26,19 +34,54 @@ import pandas as pd
 
 from . import atomic
 from .breaktest import NOISE_FREE, BreakTest, break_test, slope_ratio, smooth_null
-from .curve import Curve, Preprocessing, fit_points, read_curve_csv
+from .curve import Curve, Preprocessing, WindowMeans, fit_points, read_curve_csv
 from .errors import CurveError
-from .noise import CurveSimulator, GaussianNoise, equivalent_step_sd
+from .noise import CurveSimulator
 from .options import FitOptions
-from .powerlaws import BNSL_PARAMS, LAWS, LawFit, fit_bnsl, refine_bnsl
+from .powerlaws import BNSL_PARAMS, LAWS, SHARPNESS_BOUNDS, LawFit, bnsl_log, fit_bnsl, refine_bnsl, sat_log
 
 DERIVED = ("t_d", "L_d", "r_d", "L_T_hat", "c0")
 LOG_SCALE = {"t_d": True, "L_d": True, "r_d": False, "L_T_hat": True, "c0": False}  # intervals are formed on these scales
+ESTIMANDS = {
+    "t_d": "break step of the smoothed curve (the reference pipeline's; compare with published values)",
+    "t_d_corrected": "break step of the per-step curve, the smoothing lag removed (the training's own)",
+    "L_d": "loss where the two asymptotes of the smoothed curve's broken fit meet",
+    "r_d": "log-log rate of improvement after the break (smoothed curve)",
+    "L_T_hat": "two-segment extrapolation of the smoothed curve's broken fit to the last step",
+}
 BASIN_SHIFT = 0.2  # a refit whose break moved by more than this in log steps from the home basin's
-MAX_RAW_POINTS = 20000  # raw points used to fit the per-step noise model (evenly thinned)
-MAX_STEP_GRID = 5e7  # longest per-step grid simulated for curves that arrive smoothed
+MAX_STEP_GRID = 5e7  # longest per-step grid rebuilt to remove the lag of a curve that arrives smoothed
+SPARSE_POINTS = 25  # fewer fitted points than this: a sparse grid
+NEAR_EDGE = 0.15  # a break in the outer 15% of the log range (the test itself excludes the outer 5%)
+# near_floor: the zone where the calibration found slow structure called a break (a saturating curve
+# with E / L(T) = 0.9 and a 1% log-periodic wiggle at 3,000 steps: 85% false decelerations). There
+# the false breaks had the saturating floor at 86-94% of the final loss, slope ratios 2.5-3.4 and
+# beat the smooth law by SSE ratios of 1.6-8; breaks of the size the paper reports (c0 / r_d 6-15)
+# beat it by far more. Set on a pilot of that generator; docs/calibration.md reports the rate.
+NEAR_FLOOR = 0.8  # the saturating law's floor E at this share of the final loss or more,
+NEAR_FLOOR_RATIO = 4.0  # and a slope ratio c0 / r_d below this,
+NEAR_FLOOR_SSE = 10.0  # and an SSE ratio (best smooth law / broken) below this
+OTHER_BASIN = 0.1
 VERDICT_LAW = {"deceleration": "broken_power_law", "acceleration": "broken_power_law",
                "smooth_bend": "saturating_power_law", "power_law": "power_law"}
+WARNINGS = {  # stable codes: FIT.json, fit-curve, the fit table and the summary carry them
+    "near_floor": "a nearly flat curve: the zone where slow structure passes for a break (docs/calibration.md)",
+    "break_near_edge": "the break sits near an end of the fitted range",
+    "interval_clipped": "the t_d interval reaches an end of the fitted range and is clipped there",
+    "other_basin": "many bootstrap refits found their break in another basin",
+    "sparse_grid": "few fitted points",
+    "estimate_outside_interval": "a bootstrap interval missed its own estimate and was widened to hold it",
+    "r_d_not_positive": "the r_d interval reaches zero or below",
+    "lag_not_corrected": "the smoothing lag could not be removed (t_d_corrected unavailable)",
+    "axis_looks_scaled": "the step column looks like tokens or FLOPs",
+    "window_unstable": "the verdict or t_d moves across fit windows",
+}
+INPUT_WARNINGS = ("axis_looks_scaled",)  # found while reading the curve; the rest `warnings()` derives from the fit
+
+
+def warning(code: str, message: str) -> dict:
+    assert code in WARNINGS, code
+    return {"code": code, "message": message}
 
 
 def derived(theta, T: float) -> dict:
@@ -66,6 +109,44 @@ def _from_scale(v: np.ndarray) -> np.ndarray:
         return np.array([np.exp(x) if LOG_SCALE[k] else x for k, x in zip(DERIVED, v)], dtype=float)
 
 
+def basic_interval(est: np.ndarray, roots: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Basic bootstrap interval on each column's scale: estimate minus the upper and lower quantiles
+    of the roots (estimate* - estimate). NaN roots (a refit that over- or underflowed) are ignored."""
+    return est - np.nanquantile(roots, 1 - alpha / 2, axis=0), est - np.nanquantile(roots, alpha / 2, axis=0)
+
+
+def delag(theta_s: np.ndarray, x: np.ndarray, means: WindowMeans, grid_logx: np.ndarray,
+          iterations: int = 30) -> tuple[np.ndarray, float]:
+    """The per-step broken law whose log moving average, read at the fitted points `x` and fitted
+    like the data, gives `theta_s`: the fixed point of theta <- theta + (theta_s - phi(theta)),
+    with phi the noise-free smoothing and refit. `grid_logx` is log x of the per-step grid from
+    `means.first` on. Returns the law and how far phi of it still is from theta_s (max over the
+    parameters, log sharpness for f1)."""
+    lo, hi = math.log(SHARPNESS_BOUNDS[0]), math.log(SHARPNESS_BOUNDS[1])
+
+    def coords(t):
+        return np.r_[t[:4], math.log(t[4])]
+
+    target, theta = coords(theta_s), np.array(theta_s, float)
+    best = (math.inf, theta)
+    for _ in range(iterations):
+        with np.errstate(all="ignore"):
+            smoothed = np.log(means(np.exp(bnsl_log(grid_logx, theta))))
+        if not np.all(np.isfinite(smoothed)):
+            break
+        gap = target - coords(refine_bnsl(x, smoothed, theta).theta)
+        miss = float(np.abs(gap).max())
+        if not miss < best[0]:  # a break the data cannot place (a smooth curve's broken fit) need not converge
+            break
+        best = (miss, theta)
+        if miss < 1e-9:
+            break
+        c = coords(theta) + gap
+        c[4] = min(max(c[4], lo), hi)
+        theta = np.r_[c[:4], math.exp(c[4])]
+    return best[1], best[0]
+
+
 @dataclass
 class BrokenPowerLawFit:
     """Results of fitting one loss curve, in the style of statsmodels' results objects."""
@@ -83,8 +164,12 @@ class BrokenPowerLawFit:
     test: BreakTest
     roots: np.ndarray  # bootstrap (draws, 5): refitted theta* - theta of the broken fit
     other_basin: float
-    bias_note: str = ""
+    corrected: np.ndarray | None = None  # the per-step law whose smoothing gives `broken` (None: unknown smoother)
+    axis: str = "steps"
+    x_per_step: float | None = None
+    lag_note: str = ""
     notes: list[str] = field(default_factory=list)
+    input_warnings: list[dict] = field(default_factory=list)  # found while reading and preprocessing
 
     # ------------------------------------------------------------------ reading the results
 
@@ -103,10 +188,9 @@ class BrokenPowerLawFit:
                 "power_law": self.power_law}[VERDICT_LAW[self.verdict]]
 
     def derived(self) -> dict:
-        """The broken fit's t_d, L_d, r_d, L_T_hat (whatever the verdict), and the bias-corrected t_d."""
+        """The broken fit's t_d, L_d, r_d, L_T_hat (whatever the verdict), and t_d_corrected."""
         d = derived(self.broken.theta, self.T)
-        if len(self.roots):
-            d["t_d_corrected"] = d["t_d"] * math.exp(-float(np.median(self.roots[:, 3])))
+        d["t_d_corrected"] = None if self.corrected is None else float(math.exp(self.corrected[3]))
         return d
 
     def draws(self) -> np.ndarray:
@@ -119,33 +203,80 @@ class BrokenPowerLawFit:
         return {k: float(np.nanstd(d[:, j], ddof=1)) if len(d) > 1 else math.nan for j, k in enumerate(DERIVED)}
 
     def predict(self, t, law: str | None = None) -> np.ndarray:
-        """Loss at steps `t` from the verdict's law (or the named one)."""
+        """Loss at `t` (on the fitted axis) from the verdict's law (or the named one)."""
         fit = {"broken_power_law": self.broken, "saturating_power_law": self.saturating,
                "power_law": self.power_law}[law or VERDICT_LAW[self.verdict]]
         return np.exp(fit.log_predict(np.log(np.asarray(t, float))))
 
-    def conf_int(self, alpha: float = 0.05) -> dict:
-        """Basic bootstrap intervals of t_d, L_d, r_d, L_T_hat, clipped to their support.
-
-        t_d cannot leave the fitted range (the fit keeps the break inside it), so an interval that
-        reaches past it is clipped and flagged; an r_d interval reaching zero or below is flagged too."""
-        est = on_scale(self.broken.theta, self.T)
+    def _intervals(self, alpha: float) -> tuple[dict, list[dict]]:
+        """Every estimand's basic bootstrap interval, and the warnings forming them raised."""
         if not len(self.roots):
-            return {k: None for k in DERIVED}
-        roots = self.draws() - est
-        lo = _from_scale(est - np.nanquantile(roots, 1 - alpha / 2, axis=0))  # NaN: a refit that over- or underflowed
-        hi = _from_scale(est - np.nanquantile(roots, alpha / 2, axis=0))
-        out = {k: [float(a), float(b)] for k, a, b in zip(DERIVED, lo, hi)}
-        flags = []
-        a, b = self.fit_range
-        if out["t_d"][0] < a or out["t_d"][1] > b:
-            out["t_d"] = [max(out["t_d"][0], a), min(out["t_d"][1], b)]
-            flags.append("t_d interval reaches the edge of the fitted range and is clipped there: the data do not pin "
-                         "the break down on that side")
+            return {k: None for k in ESTIMANDS}, []
+        est = on_scale(self.broken.theta, self.T)
+        lo, hi = basic_interval(est, self.draws() - est, alpha)
+        events = []
+        a, b = (math.log(v) for v in self.fit_range)
+        if lo[0] < a or hi[0] > b:  # t_d cannot leave the fitted range: the fit keeps the break inside it
+            lo[0], hi[0] = max(lo[0], a), min(hi[0], b)
+            events.append(warning("interval_clipped", "the t_d interval reaches the edge of the fitted range and is "
+                                  "clipped there: the data do not pin the break down on that side"))
+        outside = [k for j, k in enumerate(DERIVED) if not lo[j] <= est[j] <= hi[j]]
+        if outside:
+            lo, hi = np.fmin(lo, est), np.fmax(hi, est)
+            events.append(warning("estimate_outside_interval", f"the bootstrap interval of {', '.join(outside)} missed "
+                                  "its own estimate (the simulated curves are biased against the data) and was widened "
+                                  "to hold it: read it as approximate"))
+        lo, hi = _from_scale(lo), _from_scale(hi)
+        out = {k: [float(lo[j]), float(hi[j])] for j, k in enumerate(DERIVED) if k in ESTIMANDS}
+        out["c0"] = [float(lo[4]), float(hi[4])]
+        if self.corrected is not None:  # the same roots around the corrected break: t_d's interval shifted
+            shift = math.exp(self.corrected[3] - self.broken.theta[3])
+            out["t_d_corrected"] = [out["t_d"][0] * shift, out["t_d"][1] * shift]
+        else:
+            out["t_d_corrected"] = None
         if out["r_d"][0] <= 0:
-            flags.append("r_d interval includes values <= 0 (no improvement after t_d)")
-        out["flags"] = flags
+            events.append(warning("r_d_not_positive", "the r_d interval includes values <= 0 (no improvement after t_d)"))
+        return out, events
+
+    def conf_int(self, alpha: float = 0.05) -> dict:
+        """Basic bootstrap intervals of t_d, t_d_corrected, L_d, r_d, L_T_hat (and c0), each of the
+        same estimand as its point estimate, t_d's clipped to the fitted range."""
+        return self._intervals(alpha)[0]
+
+    def warnings(self, alpha: float = 0.05) -> list[dict]:
+        """What a researcher should read before the numbers, as {code, message} (codes in WARNINGS)."""
+        out = list(self.input_warnings)
+        d = derived(self.broken.theta, self.T)
+        lo, hi = (math.log(v) for v in self.fit_range)
+        brk = self.has_break
+        if brk:
+            floor, ratio = self.floor_share(), d["slope_ratio"] or math.inf
+            gain = self.test.sse_null / max(self.test.sse_broken, 1e-300)
+            if floor >= NEAR_FLOOR and ratio < NEAR_FLOOR_RATIO and gain < NEAR_FLOOR_SSE:
+                out.append(warning("near_floor", f"a nearly flat curve (the saturating law puts the loss floor at "
+                                   f"{floor:.0%} of the final loss) with a modest break (slope ratio {ratio:.2g}, SSE "
+                                   f"{gain:.2g}x below the smooth law): on such curves slow structure passed for a "
+                                   "break in the calibration (docs/calibration.md); believe it only if it holds "
+                                   "across fit windows and seeds"))
+            pos = (self.broken.theta[3] - lo) / max(hi - lo, 1e-300)
+            if min(pos, 1 - pos) < NEAR_EDGE:
+                out.append(warning("break_near_edge", f"t_d = {d['t_d']:.4g} lies in the outer {NEAR_EDGE:.0%} of the "
+                                   "fitted range (log scale): the data on that side are few"))
+            out += self._intervals(alpha)[1]
+        if self.other_basin > OTHER_BASIN:
+            out.append(warning("other_basin", f"{self.other_basin:.0%} of bootstrap refits found a better break "
+                               "elsewhere: the break position is unstable"))
+        if self.n_points < SPARSE_POINTS:
+            out.append(warning("sparse_grid", f"{self.n_points} fitted points: the verdict and intervals rest on few "
+                               "points (calibrated only on Pythia's revision grid, docs/calibration.md)"))
+        if brk and self.corrected is None:
+            out.append(warning("lag_not_corrected", self.lag_note or "the smoothing lag of t_d could not be removed"))
         return out
+
+    def floor_share(self) -> float:
+        """E / L(T) of the saturating fit: how close the curve has come to a flat floor."""
+        a = self.saturating.theta[0]
+        return float(math.exp(a - sat_log(np.array([math.log(self.T)]), self.saturating.theta)[0]))
 
     def summary(self) -> str:
         d, ci, t = self.derived(), self.conf_int(), self.test
@@ -153,19 +284,22 @@ class BrokenPowerLawFit:
         lines = [f"Loss-curve fit: {self.source}", "=" * 72,
                  f"Verdict:         {t.verdict} (bootstrap p = {p}, {t.draws} draws, alpha = {t.alpha})",
                  f"Smooth null:     {t.null_law.replace('_', ' ')}; SSE null / broken = {t.sse_null / max(t.sse_broken, 1e-300):.3g}",
-                 f"Fitted points:   {self.n_points}, steps {self.fit_range[0]:g} .. {self.fit_range[1]:g} "
+                 f"Fitted points:   {self.n_points}, {self.axis} {self.fit_range[0]:g} .. {self.fit_range[1]:g} "
                  f"({', '.join(f'{k} {v}' for k, v in self.preprocessing.items())})",
                  "-" * 72, f"{'broken fit':<16}{'estimate':>12}   95% interval (bootstrap)"]
-        for k in DERIVED[:4]:
+        for k in ESTIMANDS:
             iv = ci.get(k)
-            lines.append(f"{k:<16}{d[k]:>12.5g}   " + (f"[{iv[0]:.5g}, {iv[1]:.5g}]" if iv else "-"))
-        if "t_d_corrected" in d:
-            lines.append(f"{'t_d corrected':<16}{d['t_d_corrected']:>12.5g}   (smoothing bias removed)")
+            v = d[k]
+            lines.append(f"{k:<16}" + (f"{v:>12.5g}" if v is not None else f"{'-':>12}") + "   "
+                         + (f"[{iv[0]:.5g}, {iv[1]:.5g}]" if iv else "-"))
         ratio = "-" if d["slope_ratio"] is None else f"{d['slope_ratio']:.3g}"
         lines += [f"{'c0, c1, f1':<16}{d['c0']:.4g}, {d['c1']:.4g}, {d['f1']:.3g};  slope ratio c0/r_d = {ratio}",
                   f"{'L_T (smoothed)':<16}{self.L_T:>12.5g}", "-" * 72,
-                  f"Bootstrap: {len(self.roots)} refits, {self.other_basin:.1%} landed in another basin. {self.bias_note}"]
-        lines += [f"Note: {n}" for n in [*self.notes, *ci.get("flags", []), *([t.note] if t.note else [])]]
+                  "t_d, L_d, r_d, L_T_hat: of the smoothed curve (compare with published values); "
+                  "t_d_corrected: the smoothing lag removed.",
+                  f"Bootstrap: {len(self.roots)} refits, {self.other_basin:.1%} landed in another basin. {self.lag_note}"]
+        lines += [f"Note: {n}" for n in [*self.notes, *([t.note] if t.note else [])]]
+        lines += [f"Warning [{w['code']}]: {w['message']}" for w in self.warnings()]
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ FIT.json
@@ -178,8 +312,11 @@ class BrokenPowerLawFit:
         return {
             "input": self.source,
             "rows": self.rows,
+            "axis": self.axis,
+            "x_per_step": self.x_per_step,
             "preprocessing": self.preprocessing,
             "notes": self.notes,
+            "warnings": self.warnings(),
             "n_points": self.n_points,
             "fit_range": list(self.fit_range),
             "T": self.T,
@@ -189,8 +326,9 @@ class BrokenPowerLawFit:
             "broken_power_law": {
                 "params": self.broken.params(), "sse": self.broken.sse,
                 "rsle": self.broken.rsle, "derived": {**d, "ci": ci},
+                "corrected_params": None if self.corrected is None else dict(zip(BNSL_PARAMS, self.corrected.tolist())),
                 "bootstrap": {"draws": len(self.roots), "other_basin_fraction": self.other_basin,
-                              "bias": self.bias_note, "theta_minus_estimate": self.roots.tolist(),
+                              "lag": self.lag_note, "theta_minus_estimate": self.roots.tolist(),
                               "stderr": self.stderr(), "stderr_scale": {k: "log" if LOG_SCALE[k] else "linear" for k in DERIVED}},
             },
             "saturating_power_law": {"params": self.saturating.params(), "sse": self.saturating.sse,
@@ -198,12 +336,13 @@ class BrokenPowerLawFit:
             "power_law": {"b": math.exp(pl.theta[0]), "c0": float(pl.theta[1]), "params": pl.params(),
                           "sse": pl.sse, "rsle": pl.rsle},
             "model": law.law,
-            "t_d": d["t_d"] if brk else None, "L_d": d["L_d"] if brk else None, "r_d": d["r_d"] if brk else None,
+            "estimands": ESTIMANDS,
+            **{k: d[k] if brk else None for k in ("t_d", "t_d_corrected", "L_d", "r_d")},
             "c0": d["c0"] if brk else float(pl.theta[1]), "c1": d["c1"] if brk else None, "f1": d["f1"] if brk else None,
             "b": d["b"] if brk else math.exp(pl.theta[0]),
             "L_T_hat": d["L_T_hat"] if brk else float(self.predict(self.T)),
             "rsle": law.rsle,
-            "ci": {k: ci[k] if brk else None for k in ("t_d", "L_d", "r_d")},
+            "ci": {k: ci[k] if brk else None for k in ESTIMANDS},
             "note": _verdict_note(self.verdict),
         }
 
@@ -212,16 +351,20 @@ class BrokenPowerLawFit:
         def law(name, params):
             return LawFit(name, np.array([params[k] for k in LAWS[name][1]], float), j[name]["sse"], j["n_points"])
 
-        boot = j["broken_power_law"]["bootstrap"]
+        b = j["broken_power_law"]
+        boot, corrected = b["bootstrap"], b["corrected_params"]
         return cls(
             source=j["input"], preprocessing=j["preprocessing"], rows=j.get("rows", {}), n_points=j["n_points"],
             fit_range=tuple(j["fit_range"]), T=j["T"], L_T=j["L_T"],
-            broken=law("broken_power_law", j["broken_power_law"]["params"]),
+            broken=law("broken_power_law", b["params"]),
             power_law=law("power_law", j["power_law"]["params"]),
             saturating=law("saturating_power_law", j["saturating_power_law"]["params"]),
             test=BreakTest.from_json(j["break_test"]),
             roots=np.array(boot["theta_minus_estimate"], float).reshape(-1, len(BNSL_PARAMS)),
-            other_basin=boot["other_basin_fraction"], bias_note=boot["bias"], notes=list(j.get("notes", [])),
+            other_basin=boot["other_basin_fraction"],
+            corrected=None if corrected is None else np.array([corrected[k] for k in BNSL_PARAMS], float),
+            axis=j["axis"], x_per_step=j["x_per_step"], lag_note=boot["lag"], notes=list(j.get("notes", [])),
+            input_warnings=[w for w in j["warnings"] if w["code"] in INPUT_WARNINGS],
         )
 
     @classmethod
@@ -251,51 +394,86 @@ def _verdict_note(verdict: str) -> str:
 # ----------------------------------------------------------------------------- the procedure
 
 
-def _noise_models(curve: Curve, idx: np.ndarray, pre: Preprocessing, x, y, broken: LawFit, rng):
-    """noise_for(fit) -> the simulator to use under `fit` (noise.py says why each input gets its own)."""
+def _step_grid(curve: Curve) -> tuple[np.ndarray, np.ndarray] | None:
+    """The per-step grid 1 .. T behind a curve that arrives smoothed (steps and fitted-axis values),
+    where it can be rebuilt: whole-number steps, not too many, an axis proportional to steps."""
     steps = curve.step
+    if not (np.all(steps == np.round(steps)) and steps[-1] <= MAX_STEP_GRID):
+        return None
+    grid = np.arange(1, int(steps[-1]) + 1, dtype=float)
+    if curve.x is None:
+        return grid, grid
+    per = curve.x / steps
+    if np.ptp(per) > 1e-9 * per.mean():
+        return None
+    return grid, grid * float(per.mean())
+
+
+@dataclass
+class NoiseModel:
+    """How curves like the data are simulated, and the per-step law the intervals simulate from."""
+
+    simulator: CurveSimulator
+    base: np.ndarray  # theta of the shape the interval bootstrap simulates around
+    corrected: np.ndarray | None  # the per-step law (smoothing lag removed); None where unknown
+    lag_note: str
+
+
+def _noise_model(curve: Curve, idx: np.ndarray, pre: Preprocessing, x, y, broken: LawFit) -> NoiseModel:
+    """noise.py says why each kind of input gets its own simulator."""
+    steps, xa = curve.step, curve.axis_values
+    theta = broken.theta
     if pre.raw_input:
+        smooth = pre.smoothing == "log-ma"
+        corrected, note = theta, "No smoothing: t_d_corrected = t_d."
+        if smooth:
+            means = WindowMeans(steps, idx)
+            corrected, miss = delag(theta, x, means, np.log(xa[means.first :]))
+            note = ("Intervals simulate the per-step law and smooth every draw like the data; t_d_corrected removes the "
+                    f"log moving average's lag (fixed point within {miss:.1g}).")
         after = np.flatnonzero(steps > pre.transient_steps)
-        thin = after[:: max(1, len(after) // MAX_RAW_POINTS)]
-        lx, ly = np.log(steps), np.log(curve.loss)
-        raw_fit = refine_bnsl(lx[thin], ly[thin], broken.theta)  # the smoothed fit lags the raw points
-        sim = CurveSimulator.per_step_sieve(steps, idx, pre.smoothing, ly[after] - raw_fit.log_predict(lx[after]),
-                                            "the broken law refitted to the raw per-step losses")
-        return lambda fit: sim
-    if pre.smoothed_by == "log-ma" and np.all(steps == np.round(steps)) and steps[-1] <= MAX_STEP_GRID:
-        grid = np.arange(1, int(steps[-1]) + 1, dtype=float)
-        rows = steps[idx].astype(np.int64) - 1
-        sd = equivalent_step_sd(grid, rows, y - broken.log_predict(x), broken.log_predict,
-                                lambda ys: ys - refine_bnsl(x, ys, broken.theta).log_predict(x), rng)
-        sim = CurveSimulator(grid, rows, "log-ma", GaussianNoise(sd), True, "the broken law, at the fitted points")
-        return lambda fit: sim
-    cache = {}
-
-    def noise_for(fit: LawFit):  # an unknown smoother: model the noise where it is seen, under each null
-        if fit.law not in cache:
-            cache[fit.law] = CurveSimulator.point_sieve(steps, idx, y - fit.log_predict(x), fit.law.replace("_", " "))
-        return cache[fit.law]
-
-    return noise_for
+        resid = np.log(curve.loss[after]) - bnsl_log(np.log(xa[after]), corrected)
+        sim = CurveSimulator.per_step_sieve(steps, xa, idx, smooth, resid, "the per-step broken law, at every logged step")
+        return NoiseModel(sim, corrected, corrected, note)
+    sim = CurveSimulator.point_sieve(steps, xa, idx, y - broken.log_predict(x), "the broken law, at the fitted points")
+    sim.noise.level /= refit_shrinkage(sim, broken, x)
+    grid = _step_grid(curve) if pre.smoothed_by == "log-ma" else None
+    if grid is None:
+        why = ("the input was smoothed in an unknown way" if pre.smoothed_by != "log-ma" else
+               "the per-step grid behind the smoothed points cannot be rebuilt (steps not whole numbers, or the axis "
+               "not proportional to steps)")
+        return NoiseModel(sim, theta, None, f"t_d refers to the smoothed curve; its lag is not removed: {why}.")
+    rows = (steps[idx] - 1).astype(np.int64)
+    means = WindowMeans(grid[0], rows)
+    corrected, miss = delag(theta, x, means, np.log(grid[1][means.first :]))
+    return NoiseModel(sim, theta, corrected, "Input already smoothed: residuals resampled at the fitted points; "
+                      f"t_d_corrected removes the log moving average's lag (fixed point within {miss:.1g}).")
 
 
-def bias_note(simulator: CurveSimulator, pre: Preprocessing) -> str:
-    if simulator.per_step and simulator.smoothing == "log-ma":
-        return "Intervals include the log moving average's lag of t_d (every draw is smoothed like the data)."
-    if pre.smoothed_by is None:
-        return ""
-    return ("The input was smoothed in a way that cannot be replayed (unknown smoother, or not on a step axis): "
-            "t_d refers to the smoothed curve, and its lag behind the raw curve is not corrected.")
+def refit_shrinkage(sim: CurveSimulator, broken: LawFit, x: np.ndarray, draws: int = 20) -> float:
+    """How much of the noise a refit leaves in its residuals: sqrt(E||residual*||^2 / E||noise*||^2)
+    over curves simulated around the fit. A few hundred smoothed points carry slow, autocorrelated
+    noise, and a five-parameter law absorbs much of it, so residuals understate the noise; dividing
+    the noise scale by this restores it (a fixed seed: the same curve gets the same correction)."""
+    rng = np.random.default_rng(0)
+    base = broken.log_predict(x)
+    simulate = sim.sampler(broken.log_predict)
+    kept = total = 0.0
+    for _ in range(draws):
+        ys = simulate(rng)
+        kept += refine_bnsl(x, ys, broken.theta).sse
+        total += float((ys - base) @ (ys - base))
+    return math.sqrt(kept / total) if total > 0 and kept > 0 else 1.0
 
 
-def bootstrap_intervals(x, broken: LawFit, simulator, draws: int, T: float,
+def bootstrap_intervals(x, broken: LawFit, simulator: CurveSimulator, base, draws: int,
                         rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Bootstrap roots theta* - theta (global refits of curves simulated from the broken fit) and
+    """Bootstrap roots theta* - theta (global refits of curves simulated around the law `base`) and
     the share of refits whose global optimum left the home basin (a break elsewhere that fits better)."""
     if broken.rsle < NOISE_FREE or draws <= 0:
         return np.zeros((0, len(BNSL_PARAMS))), 0.0
     roots, other = [], 0
-    simulate = simulator.sampler(broken.log_predict)
+    simulate = simulator.sampler(lambda lx: bnsl_log(lx, base))
     for _ in range(draws):
         ys = simulate(rng)
         g = fit_bnsl(x, ys)
@@ -313,6 +491,7 @@ class PreparedFit:
     curve: Curve
     pre: Preprocessing
     notes: list[str]
+    input_warnings: list[dict]
     idx: np.ndarray
     x: np.ndarray
     y: np.ndarray
@@ -321,12 +500,29 @@ class PreparedFit:
     pl: LawFit
     sat: LawFit
     broken: LawFit
-    noise_for: object  # LawFit -> CurveSimulator
+    noise: NoiseModel
     rng: np.random.Generator
 
     @property
     def T(self) -> float:
-        return float(self.curve.step[-1])
+        return float(self.curve.axis_values[-1])
+
+    def noise_for(self, fit: LawFit) -> CurveSimulator:
+        """The simulator under any law: residuals of the broken fit (the noise under either hypothesis)."""
+        return self.noise.simulator
+
+
+def _input_warnings(curve: Curve, pre: Preprocessing) -> list[dict]:
+    steps = curve.step
+    out = []
+    if curve.axis == "steps" and len(steps) > 1:
+        unit = float(np.min(np.diff(steps)))
+        ratio = steps / unit
+        if unit >= 1000 and abs(ratio[0] - 1) < 1e-6 and np.all(np.abs(ratio - np.round(ratio)) < 1e-6):
+            out.append(warning("axis_looks_scaled", f"every step is a multiple of {unit:g} and the first is {unit:g}: if "
+                               "this column holds tokens or FLOPs, read it with --axis tokens (or flops) so that the "
+                               f"transient cut ({pre.transient_steps:g} steps) and the log subsampling apply in steps"))
+    return out
 
 
 def prepare_fit(curve: Curve, options: FitOptions) -> PreparedFit:
@@ -336,27 +532,24 @@ def prepare_fit(curve: Curve, options: FitOptions) -> PreparedFit:
     if len(idx) < 7:
         raise CurveError(f"{curve.source}: {len(idx)} points remain after preprocessing (transient {pre.transient_steps:g} "
                          f"steps, subsample {pre.subsample!r}); a one-break fit needs at least 7")
-    x, y = np.log(curve.step[idx]), np.log(y_fit)
+    x, y = np.log(curve.axis_values[idx]), np.log(y_fit)
     null, pl, sat = smooth_null(x, y)
     broken = fit_bnsl(x, y)
     rng = np.random.default_rng(options.seed)
-    return PreparedFit(curve, pre, notes, idx, x, y, smooth, null, pl, sat, broken,
-                       _noise_models(curve, idx, pre, x, y, broken, rng), rng)
+    return PreparedFit(curve, pre, notes, _input_warnings(curve, pre), idx, x, y, smooth, null, pl, sat, broken,
+                       _noise_model(curve, idx, pre, x, y, broken), rng)
 
 
 def fit_curve(curve: Curve, options: FitOptions | None = None) -> BrokenPowerLawFit:
     options = options or FitOptions.defaults()
     f = prepare_fit(curve, options)
     test = break_test(f.x, f.y, f.null, f.pl, f.sat, f.broken, f.noise_for, options.bootstrap, options.alpha, f.rng)
-    simulator = f.noise_for(f.broken)
-    roots, other = bootstrap_intervals(f.x, f.broken, simulator, options.bootstrap, f.T, f.rng)
-    notes = list(f.notes)
-    if other > 0.1:
-        notes.append(f"{other:.0%} of bootstrap refits found a better break elsewhere: the break position is unstable")
+    roots, other = bootstrap_intervals(f.x, f.broken, f.noise.simulator, f.noise.base, options.bootstrap, f.rng)
     rows = {"read": curve.rows_read, "used": int(len(curve.step)), "duplicates": curve.duplicates}
     fit_range = (float(np.exp(f.x[0])), float(np.exp(f.x[-1])))
     return BrokenPowerLawFit(curve.source, f.pre.to_dict(), rows, int(len(f.idx)), fit_range, f.T, float(f.smooth[-1]),
-                             f.broken, f.pl, f.sat, test, roots, other, bias_note(simulator, f.pre), notes)
+                             f.broken, f.pl, f.sat, test, roots, other, f.noise.corrected, curve.axis, curve.x_per_step,
+                             f.noise.lag_note, list(f.notes), f.input_warnings)
 
 
 WINDOW_COLUMNS = ["transient_steps", "end_step", "verdict", "p_value", "t_d", "t_d_low", "t_d_high", "slope_ratio", "note"]
@@ -368,8 +561,7 @@ def window_sensitivity(curve: Curve, options: FitOptions, ends=(1.0, 2 / 3)) -> 
     ends move; one the window made follows them (a t_d near the window's log-midpoint)."""
     rows = []
     for end in ends:
-        keep = curve.step <= curve.step[-1] * end
-        part = dataclasses.replace(curve, step=curve.step[keep], loss=curve.loss[keep])
+        part = curve.truncated(curve.step <= curve.step[-1] * end)
         for transient in (options.transient_steps / 2, options.transient_steps, options.transient_steps * 2):
             row = {"transient_steps": transient, "end_step": int(part.step[-1])}
             try:
@@ -384,16 +576,20 @@ def window_sensitivity(curve: Curve, options: FitOptions, ends=(1.0, 2 / 3)) -> 
     return rows
 
 
+def read_options_curve(path, options: FitOptions) -> Curve:
+    return read_curve_csv(path, options.on_duplicate, options.axis, options.x_per_step)
+
+
 def window_sensitivity_file(path, out, options: FitOptions | None = None) -> str:
     options = options or FitOptions.defaults()
-    table = pd.DataFrame(window_sensitivity(read_curve_csv(path, options.on_duplicate), options), columns=WINDOW_COLUMNS)
+    table = pd.DataFrame(window_sensitivity(read_options_curve(path, options), options), columns=WINDOW_COLUMNS)
     atomic.write_text(out, table.to_csv(index=False, float_format="%.6g"))
     return table.to_string(index=False)
 
 
 def fit_curve_file(path, out, options: FitOptions | None = None) -> BrokenPowerLawFit:
     options = options or FitOptions.defaults()
-    result = fit_curve(read_curve_csv(path, options.on_duplicate), options)
+    result = fit_curve(read_options_curve(path, options), options)
     atomic.write_json(out, result.to_json())
     return result
 

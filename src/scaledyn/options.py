@@ -10,6 +10,7 @@ config, so editing one stage's options re-runs that stage and what depends on it
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import ClassVar
 
@@ -116,11 +117,20 @@ class FitOptions(StageOptions):
     smoothing: str
     subsample: str
     transient_steps: float
+    axis: str
+    x_per_step: float | None
     input_smoothed: str
     on_duplicate: str
     bootstrap: int
     alpha: float
     seed: int
+
+    def __post_init__(self):
+        # a bootstrap p-value is at least 1 / (1 + draws): fewer draws could never reach p < alpha
+        need = math.floor(1 / self.alpha)
+        if self.bootstrap < need:
+            raise ConfigError(f"config: fit.bootstrap: {self.bootstrap} draws can never give p < alpha = {self.alpha:g} "
+                              f"(the smallest p is 1 / (1 + draws)); need at least {need}")
 
     def at_revisions(self) -> "FitOptions":
         """For a curve of a few evaluation losses at a suite's revisions (each a mean over the whole

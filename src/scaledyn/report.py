@@ -86,7 +86,12 @@ class StudyResults:
 
     @property
     def sizes(self) -> pd.DataFrame:
-        return per_size_table([self.fits[r] for r in self.runs], [self.meta[r] for r in self.runs])
+        """The per-run fit table; runs whose verdict or t_d moves across fit windows carry window_unstable."""
+        t = per_size_table([self.fits[r] for r in self.runs], [self.meta[r] for r in self.runs])
+        unstable = set(window_lines(self)[1])
+        t["warnings"] = [" ".join(filter(None, [w, "window_unstable" if r in unstable else ""]))
+                         for r, w in zip(t["run"], t["warnings"])]
+        return t
 
     def color(self, run: str):
         sizes = list(dict.fromkeys(self.meta[r]["size"] for r in self.runs))
@@ -237,15 +242,16 @@ def fig_histograms(res: StudyResults, changes: dict[str, tuple[int, np.ndarray]]
 
 
 TABLE = {"run": "run", "N": "N", "verdict": "verdict", "p_value": "p", "t_d": "t_d", "t_d_lo": "t_d lo", "t_d_hi": "t_d hi",
-         "t_d_corrected": "t_d corr.", "L_d": "L_d", "L_d_lo": "L_d lo", "L_d_hi": "L_d hi", "r_d": "r_d", "r_d_lo": "r_d lo",
-         "r_d_hi": "r_d hi", "c0": "c0", "f1": "f1", "slope_ratio": "c0/r_d", "L_T_hat": "L̂_T", "L_T": "L_T"}
+         "t_d_corrected": "t_d per-step", "t_d_corrected_lo": "per-step lo", "t_d_corrected_hi": "per-step hi", "L_d": "L_d",
+         "L_d_lo": "L_d lo", "L_d_hi": "L_d hi", "r_d": "r_d", "r_d_lo": "r_d lo", "r_d_hi": "r_d hi",
+         "slope_ratio": "c0/r_d", "L_T_hat": "L̂_T", "L_T": "L_T", "warnings": "warnings"}
 
 
 def fit_table(sizes: pd.DataFrame) -> pd.DataFrame:
     """Per-run table, every number rounded to 4 significant digits (N as an integer)."""
     t = sizes[list(TABLE)].rename(columns=TABLE).copy()
     for c in t.columns:
-        if c in ("run", "verdict"):
+        if c in ("run", "verdict", "warnings"):
             continue
         t[c] = t[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else
                         (f"{int(v):,}" if c == "N" else f"{float(v):.4g}"))
@@ -265,8 +271,10 @@ def summary_sections(res: StudyResults) -> list[Section]:
     sizes = res.sizes
     out = [Section("Loss deceleration", [
         "Each run's training loss is tested for an abrupt break against the better smooth law (power law, or "
-        "E + A t^-alpha); intervals are 95% bootstrap intervals, t_d corrected for the smoothing lag; N counts "
-        "non-embedding parameters."], run_lines(sizes) + [t.summary() for t in res.trends])]
+        "E + A t^-alpha). t_d, L_d and r_d are those of the smoothed curve (the reference pipeline's, comparable with "
+        "published values; the trends use them); the per-step t_d is the training's own break, the smoothing lag "
+        "removed. Each number has a 95% bootstrap interval of its own estimand (docs/calibration.md says what they "
+        "are worth); N counts non-embedding parameters."], run_lines(sizes) + [t.summary() for t in res.trends])]
     suites = [r for r in res.runs if res.meta[r].get("kind") == "suite"]
     if suites:
         out[0].bullets += [f"{r} is a published suite ({res.meta[r]['model']}); its curve is the {res.meta[r]['curve_source']}"

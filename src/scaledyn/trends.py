@@ -138,43 +138,57 @@ def fit_trend(table: pd.DataFrame, target: str) -> ScalingTrend:
     return trend
 
 
-SIZE_COLUMNS = ["run", "size", "seed", "N", "N_total", "verdict", "p_value", "t_d", "t_d_lo", "t_d_hi", "t_d_corrected",
-                "L_d", "L_d_lo", "L_d_hi", "L_d_se", "r_d", "r_d_lo", "r_d_hi", "r_d_se", "c0", "c0_se", "c1", "f1",
-                "slope_ratio", "L_T_hat", "L_T", "rsle", "other_basin"]
+SIZE_COLUMNS = ["run", "size", "seed", "N", "N_total", "verdict", "p_value", "t_d", "t_d_lo", "t_d_hi", "t_d_se",
+                "t_d_corrected", "t_d_corrected_lo", "t_d_corrected_hi", "L_d", "L_d_lo", "L_d_hi", "L_d_se", "r_d",
+                "r_d_lo", "r_d_hi", "r_d_se", "c0", "c0_se", "c1", "f1", "slope_ratio", "L_T_hat", "L_T_hat_lo",
+                "L_T_hat_hi", "L_T", "rsle", "other_basin", "warnings"]
 
 
 def per_size_table(fits: list[BrokenPowerLawFit], runs: list[dict]) -> pd.DataFrame:
     """One row per run: the broken fit's quantities (whatever the verdict; `verdict` says whether
-    they describe a break), intervals, and bootstrap standard errors on the trend's scales."""
+    they describe a break), each with the interval of its own estimand, bootstrap standard errors on
+    the trend's scales, and the fit's warning codes. t_d, L_d, r_d and L_T_hat describe the smoothed
+    curve (the paper's estimands); t_d_corrected the per-step curve."""
     rows = []
     for f, r in zip(fits, runs):
         d, ci, se = f.derived(), f.conf_int(), f.stderr()
         row = {"run": r["run"], "size": r["size"], "seed": r["seed"], "N": r["non_embedding_params"],
                "N_total": r["total_params"], "verdict": f.verdict, "p_value": f.test.p_value,
-               "t_d_corrected": d.get("t_d_corrected"), "c1": d["c1"], "f1": d["f1"], "slope_ratio": d["slope_ratio"],
-               "L_T": f.L_T, "rsle": f.broken.rsle, "other_basin": f.other_basin}
-        for k in ("t_d", "L_d", "r_d", "L_T_hat", "c0"):
+               "c1": d["c1"], "f1": d["f1"], "slope_ratio": d["slope_ratio"],
+               "L_T": f.L_T, "rsle": f.broken.rsle, "other_basin": f.other_basin,
+               "warnings": " ".join(w["code"] for w in f.warnings())}
+        for k in ("t_d", "t_d_corrected", "L_d", "r_d", "L_T_hat", "c0"):
             row[k] = d[k]
-            if k in ("t_d", "L_d", "r_d"):
+            if k != "c0":
                 row[f"{k}_lo"], row[f"{k}_hi"] = ci[k] if ci[k] else (None, None)
-            row[f"{k}_se"] = se[k]
+            if k in se:
+                row[f"{k}_se"] = se[k]
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["N", "seed"]).reset_index(drop=True)[SIZE_COLUMNS]
 
 
+def _interval(r, k: str, fmt: str) -> str:
+    lo, hi = r[f"{k}_lo"], r[f"{k}_hi"]
+    return "no interval" if lo is None or pd.isna(lo) else f"95% CI {lo:{fmt}}-{hi:{fmt}}"
+
+
 def run_lines(sizes: pd.DataFrame) -> list[str]:
-    """One line per run: its verdict, and t_d, L_d, r_d with intervals where it decelerates."""
+    """One line per run: its verdict, and t_d (smoothed curve, comparable with published values),
+    t_d_corrected (the training's own), L_d and r_d, each with its interval, where it decelerates."""
     lines = []
     for _, r in sizes.iterrows():
         head = f"- {r['run']} (N = {int(r['N']):,}): {r['verdict']}"
+        warned = f" [warnings: {r['warnings']}]" if isinstance(r.get("warnings"), str) and r["warnings"] else ""
         if r["verdict"] == "deceleration":
-            lines.append(f"{head} at t_d = {r['t_d']:.0f} steps (95% CI {r['t_d_lo']:.0f}-{r['t_d_hi']:.0f}, "
-                         f"bias-corrected {r['t_d_corrected']:.0f}), L_d = {r['L_d']:.3f} ({r['L_d_lo']:.3f}-{r['L_d_hi']:.3f}), "
-                         f"r_d = {r['r_d']:.3f} ({r['r_d_lo']:.3f}-{r['r_d_hi']:.3f}); p = {r['p_value']:.3g}")
+            corr = ("" if r["t_d_corrected"] is None or pd.isna(r["t_d_corrected"]) else
+                    f"; per-step t_d {r['t_d_corrected']:.0f} ({_interval(r, 't_d_corrected', '.0f')})")
+            lines.append(f"{head} at t_d = {r['t_d']:.0f} steps ({_interval(r, 't_d', '.0f')}){corr}, "
+                         f"L_d = {r['L_d']:.3f} ({_interval(r, 'L_d', '.3f')}), r_d = {r['r_d']:.3f} "
+                         f"({_interval(r, 'r_d', '.3f')}); p = {r['p_value']:.3g}{warned}")
         else:
             why = {"smooth_bend": "the curve bends, but no abrupt break", "power_law": "a single power law fits as well",
                    "acceleration": "the loss falls faster after the break"}[r["verdict"]]
-            lines.append(f"{head} ({why}; p = {r['p_value']:.3g})")
+            lines.append(f"{head} ({why}; p = {r['p_value']:.3g}){warned}")
     return [line[2:] for line in lines]
 
 
