@@ -372,7 +372,7 @@ def test_damaged_checkpoint_state_is_one_line(short_run, tmp_path):
                                            (["train", "--spec", '{"name": "x"}'], "--spec: not a run spec"),
                                            (["prepare-data", "--options", "[1, 2", "--out", "/tmp/x"], "--options: not valid JSON"),
                                            (["fit-curve", "c.csv", "--out", "f.json", "--options", '{"bootstrap": 3}'],
-                                            "config: fit.bootstrap: 3 is less than the minimum of 19")])
+                                            "config: fit.bootstrap: 3 is less than the minimum of 20")])
 def test_bad_json_arguments_are_one_line(args, message):
     out = scaledyn(*args)
     assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
