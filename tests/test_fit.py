@@ -231,7 +231,7 @@ def test_preprocessing_matches_definitions():
     kept = steps[log_subsample_mask(steps)]
     assert kept[0] == 10 and 99 in kept and 101 not in kept and 110 in kept and 1100 in kept and 1110 not in kept
     assert 11000 in kept and 11500 not in kept
-    # methodology.md caps the stride at 1,000: 900 points in [1e5, 3e5), not 20
+    # docs/method.md (section 3) caps the stride at 1,000: 900 points in [1e5, 3e5), not 20
     assert np.sum((kept >= 100000) & (kept < 300000)) == 200 and 101000 in kept and 300000 in kept
     sparse = np.arange(7, 50000, 7)  # logged every 7th step: no decade is emptied
     k = sparse[log_subsample_mask(sparse)]

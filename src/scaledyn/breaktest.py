@@ -19,12 +19,12 @@ Verdicts:
                                  (a significant bend at the range's edge, spread over decades or
                                  changing the slope by less than 2x, or a saturating law beating the
                                  power law in the same kind of test)
+    power_law                    nothing better than a single power law
 
 The slope-change rule is the one that keeps slow, wave-like structure (a real curve's wiggles
 that no smooth law has) from passing as a break: the calibration shows such wiggles on a power law
 often beat the smooth null, but as small slope changes. The phenomenon studied is large: the
-paper's fits have c0 / r_d of 6-15.
-    power_law                    nothing better than a single power law
+paper's fits have c0 / r_d of 6-15. The method in full: docs/method.md section 5.
 """
 
 from __future__ import annotations

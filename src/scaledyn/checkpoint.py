@@ -4,14 +4,14 @@
         config.json, model.safetensors      save_pretrained: opens with AutoModelForCausalLM
         optimizer.pt                        optimizer state (may be pruned, see Checkpointer.prune)
         rng.pt                              RNG states of the saving process, as tensors and numbers
+        scaledyn_state.json                 step, tokens seen, kind, run spec, parameter counts
+        COMPLETE                            written last: a directory without it is ignored
+    runs/<run>/checkpoints/step_<t>.json    the workflow's marker for checkpoint t (a copy of
+                                            scaledyn_state.json, its mtime = the checkpoint's)
 
 Nothing in a checkpoint is unpickled: every torch.load uses weights_only=True, which accepts only
 tensors and plain containers. Checkpoints written before RNG states were stored as tensors hold a
 numpy array; reading them allows numpy's array reconstruction and nothing else.
-        trainer_state.json                  step, tokens seen, kind, run spec, parameter counts
-        COMPLETE                            written last: a directory without it is ignored
-    runs/<run>/checkpoints/step_<t>.json    the workflow's marker for checkpoint t (a copy of
-                                            trainer_state.json, its mtime = the checkpoint's)
 """
 
 from __future__ import annotations

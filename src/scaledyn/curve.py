@@ -3,7 +3,7 @@
 A curve is `step, loss` rows. Steps may be any positive numbers (a tokens or FLOPs axis up to
 1e30 works); losses must be positive and finite. Training logs repeat steps after a resume, so
 repeated steps are resolved by a policy instead of refused (`last` keeps what the resumed run
-logged). Preprocessing follows the paper's reference analysis (methodology.md section 3).
+logged). Preprocessing follows the paper's reference analysis (docs/method.md section 3).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .errors import CurveError
 
 DUPLICATE_POLICIES = ("last", "first", "mean", "error")
 INPUT_KINDS = ("auto", "no", "log-ma", "other")  # what was done to the curve before it reached us
-SUBSAMPLE_CAP = 1000  # methodology.md: every 1,000th step from 10,000 on, however long the run
+SUBSAMPLE_CAP = 1000  # docs/method.md section 3: every 1,000th step from 10,000 on, however long the run
 MA_FACTOR = 1.2
 
 

@@ -1,4 +1,4 @@
-"""The optimizer and the learning-rate schedule, as the paper uses them (methodology.md section 2).
+"""The optimizer and the learning-rate schedule, as the paper uses them (docs/method.md section 2).
 
 The rate is a pure function of the update index, set into the parameter groups before every
 update: nothing about the schedule is stored in a checkpoint, and the one-step analysis asks

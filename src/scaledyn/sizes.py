@@ -1,6 +1,6 @@
 """The one place where model sizes are defined.
 
-Paper sizes follow Mircea et al. (2025), table in methodology.md section 2: OLMo-style blocks whose
+Paper sizes follow Mircea et al. (2025), table in docs/method.md section 2: OLMo-style blocks whose
 MLP hidden size equals d_model before the SwiGLU split, so a block holds 5.5 d^2 weights.
 Tiny sizes are the same architecture shrunk until a CPU trains it past its loss deceleration in
 minutes; their names give the non-embedding parameter count.

@@ -1,4 +1,4 @@
-"""Zero-sum learning metrics (methodology.md section 4) and the checkpoint-to-checkpoint analysis.
+"""Zero-sum learning metrics (docs/method.md section 6) and the checkpoint-to-checkpoint analysis.
 
 For per-example loss changes x_i:
     D(x)  = 1 - |sum x| / sum |x|    destructive interference, in [0, 1]
