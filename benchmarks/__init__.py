@@ -1,5 +1,5 @@
 """Performance benchmarks and the calibration of the break test; both write their tables into
-Markdown files between markers, so the README's numbers come from runs."""
+Markdown files between markers, so the numbers in README.md and docs/ come from runs."""
 
 from pathlib import Path
 

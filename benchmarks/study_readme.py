@@ -1,7 +1,7 @@
-"""Fill the README's study block from a finished study's report, so its numbers come from a run.
+"""Fill a study block of docs/results.md from a finished study's report, so its numbers come from a run.
 
     /usr/bin/time -v snakemake --cores 2 2> time.txt        (or bash's `time`)
-    python -m benchmarks.study_readme results --time time.txt --readme README.md
+    python -m benchmarks.study_readme results --time time.txt --readme docs/results.md
     python -m benchmarks.study_readme results-cpu-long --time time.txt --block cpu-long \
         --command "snakemake --cores 2 --configfile configs/cpu-long.yaml"
 """
@@ -16,7 +16,7 @@ from benchmarks import replace_block
 def study_block(results: Path, time_file: Path | None, command: str = "snakemake --cores 2") -> str:
     report = results / "report"
     summary = (report / "summary.md").read_text().replace("# Study summary\n", "")
-    summary = re.sub(r"^## ", "#### ", summary, flags=re.M)
+    summary = re.sub(r"^## ", "### ", summary, flags=re.M)
     lines = []
     if time_file:
         text = time_file.read_text()
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
     p.add_argument("--time", type=Path, help="the run's timing: GNU `time -v` output, or bash's `time`")
-    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--readme", type=Path, default=Path("docs/results.md"))
     p.add_argument("--block", default="study", help="the README block to replace (<!-- BLOCK:start --> ... end)")
     p.add_argument("--command", default="snakemake --cores 2", help="the command that made the results, for the text")
     args = p.parse_args(argv)
