@@ -49,7 +49,7 @@ class Env:
         self.quick = quick
         self.tmp = Path(tempfile.mkdtemp(prefix="scaledyn-bench-"))
         from scaledyn.config import load_study
-        from scaledyn.data import prepare
+        from scaledyn.data.prepare import prepare
 
         self.study = load_study({"results": str(self.tmp / "results"), "model": {"sizes": ["tiny-11k", "tiny-25k"]},
                                  "data": {"max_documents": 200, "tokenizer": {"vocab_size": 2048}, "seq_len": 128,
@@ -67,10 +67,10 @@ class Env:
 def train_vs_bare_loop(env):
     import torch
 
-    from scaledyn.data import TokenData
-    from scaledyn.model import build_model
-    from scaledyn.optim import lr_at, make_optimizer, set_lr
-    from scaledyn.train import BatchOrder, train
+    from scaledyn.data.tokens import TokenData
+    from scaledyn.train.loop import BatchOrder, train
+    from scaledyn.train.model import build_model
+    from scaledyn.train.optim import lr_at, make_optimizer, set_lr
 
     torch.set_num_threads(1)
     spec = env.spec()
@@ -103,9 +103,9 @@ def train_vs_bare_loop(env):
 def checkpoint_save_load(env):
     import torch
 
-    from scaledyn import checkpoint
-    from scaledyn.model import build_model, load_model
-    from scaledyn.optim import make_optimizer
+    from scaledyn.train import checkpoint
+    from scaledyn.train.model import build_model, load_model
+    from scaledyn.train.optim import make_optimizer
 
     out = []
     for size in ("tiny-11k", "tiny-25k"):
@@ -125,7 +125,7 @@ def checkpoint_save_load(env):
 
 
 def _eval_model(env):
-    from scaledyn.train import train
+    from scaledyn.train.loop import train
 
     spec = env.spec("tiny-25k", steps=16, checkpoint_steps=(16,))
     train(spec)
@@ -136,11 +136,11 @@ def _eval_model(env):
 def eval_vs_bare_forward(env):
     import torch
 
-    from scaledyn.data import TokenData
-    from scaledyn.evaluate import evaluate_checkpoint
+    from scaledyn.analysis.evaluate import evaluate_checkpoint
+    from scaledyn.analysis.options import EvaluateOptions
+    from scaledyn.data.tokens import TokenData
     from scaledyn.layout import RunPaths
-    from scaledyn.model import load_model
-    from scaledyn.options import EvaluateOptions
+    from scaledyn.train.model import load_model
 
     torch.set_num_threads(1)
     spec = _eval_model(env)
@@ -180,9 +180,9 @@ def suite_eval_vs_bare_forward(env):
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from scaledyn import suites
-    from scaledyn.data import TokenData
-    from scaledyn.options import EvaluateOptions, Suite
+    from scaledyn.analysis import suites
+    from scaledyn.analysis.options import EvaluateOptions, Suite
+    from scaledyn.data.tokens import TokenData
 
     torch.set_num_threads(1)
     data = TokenData.open(env.data)
@@ -219,7 +219,7 @@ def loss_slice_load(env):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from scaledyn import losses
+    from scaledyn.analysis import losses
     from scaledyn.layout import LossesPaths
 
     root = env.tmp / "slice"
@@ -243,9 +243,9 @@ def loss_slice_load(env):
 def jvp_vs_per_position_backward(env):
     import torch
 
-    from scaledyn.data import TokenData
+    from scaledyn.analysis.onestep import jvp_predictions, load_for_step, per_position_predictions, trainable
+    from scaledyn.data.tokens import TokenData
     from scaledyn.layout import RunPaths
-    from scaledyn.onestep import jvp_predictions, load_for_step, per_position_predictions, trainable
 
     torch.set_num_threads(1)
     spec = _eval_model(env)
@@ -263,8 +263,8 @@ def jvp_vs_per_position_backward(env):
 
 
 def _break_curve(T: int, seed: int = 0):
-    from scaledyn.curve import validate_curve
-    from scaledyn.powerlaws import bnsl_log
+    from scaledyn.stats.curve import validate_curve
+    from scaledyn.stats.powerlaws import bnsl_log
 
     t = np.arange(1, T + 1, dtype=float)
     theta = [np.log(10), 0.3, -0.2, np.log(np.sqrt(100 * T)), 0.3]
@@ -275,8 +275,9 @@ def _break_curve(T: int, seed: int = 0):
 def fit_curve_seconds(env):
     """The full default fit (preprocessing, three fits, calibrated test, 200-draw intervals) of a
     paper-length and a default-study-length curve, against one start of the reference procedure."""
-    from scaledyn.fit import FitOptions, fit_curve, prepare_fit
-    from scaledyn.powerlaws import fit_reference
+    from scaledyn.stats.curve import validate_curve
+    from scaledyn.stats.fit import FitOptions, fit_curve, prepare_fit
+    from scaledyn.stats.powerlaws import fit_reference
 
     out = []
     for T, aim in ((262144, "< 10 s"), (3000, "< 3 s")):
@@ -287,11 +288,19 @@ def fit_curve_seconds(env):
         out.append(row(f"fit_curve_{T}_seconds", t_fit, "s", t_ref, t_fit / t_ref,
                        f"aim {aim}; verdict {r.verdict}, {r.test.draws} test draws + {len(r.roots)} interval draws; "
                        f"baseline: one reference dogbox start (d1_est = 6000), no test, no intervals"))
+    # the same paper-length curve on a tokens axis (x = 2,048 tokens per step): preprocessing stays on steps
+    c = _break_curve(262144)
+    tokens = validate_curve(c.step, c.loss, x=c.step * 2048.0, axis="tokens")
+    t_steps, r_steps = timed(fit_curve, c, FitOptions.defaults())
+    t_tokens, r_tokens = timed(fit_curve, tokens, FitOptions.defaults())
+    out.append(row("fit_curve_tokens_axis_seconds", t_tokens, "s", t_steps, t_tokens / t_steps,
+                   f"aim ratio ~1; 262,144 steps as tokens; t_d {r_tokens.derived()['t_d'] / 2048:.1f} x 2,048 tokens "
+                   f"vs {r_steps.derived()['t_d']:.1f} steps; baseline: the same curve on steps"))
     return out
 
 
 def _stdlib_docs() -> list[str]:
-    from scaledyn.data import stdlib_files
+    from scaledyn.data.sources import stdlib_files
 
     return [p.read_text(encoding="utf-8") for p in stdlib_files()]
 
@@ -302,7 +311,8 @@ def prepare_throughput(env):
     encode of the same text with the same tokenizer, one core each (tokenizers' own threads off)."""
     import dataclasses
 
-    from scaledyn.data import load_tokenizer, prepare_slice, prepare_tokenizer
+    from scaledyn.data.prepare import prepare_slice, prepare_tokenizer
+    from scaledyn.data.tokens import load_tokenizer
 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     data = dataclasses.replace(env.study.data, source="stdlib", max_documents=None, slices=1)

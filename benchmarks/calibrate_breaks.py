@@ -41,12 +41,12 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import replace_block
-from scaledyn.breaktest import break_statistic, classify
-from scaledyn.curve import Preprocessing, fit_points, log_moving_average, log_subsample_mask, validate_curve
-from scaledyn.fit import (DERIVED, ESTIMANDS, LOG_SCALE, basic_interval, bootstrap_intervals, derived, fit_curve,
-                          on_scale, prepare_fit)
-from scaledyn.options import FitOptions
-from scaledyn.powerlaws import bnsl_log, refine_bnsl
+from scaledyn.stats.breaktest import break_statistic, classify
+from scaledyn.stats.curve import Preprocessing, fit_points, log_moving_average, log_subsample_mask, validate_curve
+from scaledyn.stats.fit import (DERIVED, ESTIMANDS, LOG_SCALE, basic_interval, bootstrap_intervals, fit_curve, on_scale,
+                                prepare_fit)
+from scaledyn.stats.options import FitOptions
+from scaledyn.stats.powerlaws import bnsl_log, refine_bnsl
 
 SIGMA = 0.03
 ALPHA = 0.05

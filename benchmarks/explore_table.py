@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import replace_block
-from scaledyn.fit import BrokenPowerLawFit
 from scaledyn.layout import Layout
+from scaledyn.stats.fit import BrokenPowerLawFit
 
 
 def rows(label: str, results: Path) -> list[dict]:

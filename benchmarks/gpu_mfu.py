@@ -22,17 +22,17 @@ import torch
 
 from scaledyn import atomic
 from scaledyn.config import load_study
-from scaledyn.data import model_vocab_size
-from scaledyn.model import build_model
-from scaledyn.optim import make_optimizer
-from scaledyn.train import train
+from scaledyn.data.prepare import model_vocab_size
+from scaledyn.train.loop import train
+from scaledyn.train.model import build_model
+from scaledyn.train.optim import make_optimizer
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def fake_data(root: Path, seq_len: int, n: int, vocab: int) -> None:
     """Random token ids in the prepared-data format (one shard), for a throughput measurement."""
-    from scaledyn.data import FORMAT
+    from scaledyn.data.tokens import FORMAT
     from scaledyn.layout import DataPaths
 
     paths, rng = DataPaths(root), np.random.default_rng(0)

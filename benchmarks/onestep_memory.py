@@ -20,9 +20,9 @@ import json
 
 import torch
 
-from scaledyn.model import build_model
-from scaledyn.onestep import jvp_predictions, one_step, trainable
-from scaledyn.sizes import PAPER_SIZES
+from scaledyn.analysis.onestep import jvp_predictions, one_step, trainable
+from scaledyn.train.model import build_model
+from scaledyn.train.sizes import PAPER_SIZES
 
 GIB = 2**30
 

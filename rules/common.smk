@@ -14,7 +14,7 @@ SUITES = STUDY.suites  # published checkpoint suites: evaluated, never trained
 ALL_RUNS = STUDY.all_runs  # what evaluation, ZSL, the fits and the report cover
 STEPS = STUDY.checkpoint_steps
 DT1_STEPS = STUDY.dt1_steps
-SLURM = STUDY.cfg["slurm"]
+SLURM = STUDY.slurm  # typed: scaledyn.options.SlurmOptions
 
 
 def one_of(names):
@@ -32,36 +32,12 @@ wildcard_constraints:
     slice=r"\d+",
 
 
-def cluster(gpu=False):
-    """slurm_partition / slurm_account resources from the study's slurm section (only those set)."""
-    res = {
-        "slurm_partition": (
-            (SLURM["gpu_partition"] or SLURM["partition"])
-            if gpu
-            else SLURM["partition"]
-        ),
-        "slurm_account": SLURM["account"],
-    }
-    return {k: v for k, v in res.items() if v}
-
-
 def train_gpus(run):
-    return SLURM["gpus"].get(STUDY.runs[run][0], SLURM["default_gpus"])
+    return SLURM.train_gpus(STUDY.runs[run][0])
 
 
 def train_nodes(run):
-    return SLURM["nodes"].get(STUDY.runs[run][0], 1)
-
-
-def onestep_mem_mb(run):
-    """Host memory of a one-step job: the checkpoint's weights and AdamW state (16 bytes per
-    parameter, fp32) read twice over while moving to the device, plus 8 GB of working room.
-    """
-    tok = STUDY.cfg["data"]["tokenizer"]
-    vocab = (
-        tok["vocab_size"] if tok["kind"] == "bpe" else 65536
-    )  # a pretrained vocabulary is known only after preparation
-    return 8000 + 32 * STUDY.sizes[STUDY.runs[run][0]].total_params(vocab) // 10**6
+    return SLURM.train_nodes(STUDY.runs[run][0])
 
 
 # Cheap aggregations run where Snakemake runs, not as cluster jobs.

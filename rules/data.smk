@@ -10,7 +10,7 @@ rule prepare_tokenizer:
     conda:
         "../envs/scaledyn.yaml"
     resources:
-        **cluster(gpu=False),
+        **SLURM.resources(gpu=False),
     params:
         options=STUDY.data.to_json(),
         out=L.data.dir,
@@ -28,7 +28,7 @@ rule prepare_slice:
     conda:
         "../envs/scaledyn.yaml"
     resources:
-        **cluster(gpu=False),
+        **SLURM.resources(gpu=False),
     params:
         options=STUDY.data.to_json(),
         out=L.data.dir,
@@ -50,7 +50,7 @@ rule prepare_data:
     conda:
         "../envs/scaledyn.yaml"
     resources:
-        **cluster(gpu=False),
+        **SLURM.resources(gpu=False),
     params:
         options=STUDY.data.to_json(),
         out=L.data.dir,

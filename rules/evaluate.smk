@@ -18,8 +18,8 @@ rule evaluate:
     conda:
         "../envs/scaledyn.yaml"
     resources:
-        **cluster(gpu=True),
-        gpu=SLURM["eval_gpus"],
+        **SLURM.resources(gpu=True),
+        gpu=SLURM.eval_gpus,
     params:
         run_dir=lambda w: L.run(w.run).dir,
         data=L.data.dir,

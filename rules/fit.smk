@@ -11,7 +11,7 @@ rule fit_run:
     conda:
         "../envs/scaledyn.yaml"
     resources:
-        **cluster(gpu=False),
+        **SLURM.resources(gpu=False),
     params:
         options=lambda w: STUDY.fit_options(w.run).to_json(),
     shell:
@@ -28,7 +28,7 @@ rule fit_windows:
     conda:
         "../envs/scaledyn.yaml"
     resources:
-        **cluster(gpu=False),
+        **SLURM.resources(gpu=False),
     params:
         options=lambda w: STUDY.fit_options(w.run).to_json(),
     shell:

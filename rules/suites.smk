@@ -58,8 +58,8 @@ rule suite_evaluate:
     conda:
         "../envs/scaledyn.yaml"
     resources:
-        **cluster(gpu=True),
-        gpu=SLURM["eval_gpus"],
+        **SLURM.resources(gpu=True),
+        gpu=SLURM.eval_gpus,
     params:
         data=L.data.dir,
         losses=L.losses.dir,
@@ -101,8 +101,8 @@ rule suite_gradient:
     conda:
         "../envs/scaledyn.yaml"
     resources:
-        **cluster(gpu=True),
-        gpu=SLURM["eval_gpus"],
+        **SLURM.resources(gpu=True),
+        gpu=SLURM.eval_gpus,
     params:
         data=L.data.dir,
         options=STUDY.zsl.to_json(),

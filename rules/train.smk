@@ -21,17 +21,17 @@ rule train:
         "../envs/scaledyn.yaml"
     threads: 1
     resources:
-        **cluster(gpu=True),
+        **SLURM.resources(gpu=True),
         gpu=lambda w: train_gpus(w.run),
         nodes=lambda w: train_nodes(w.run),
-        # A multi-node job launches its own srun (scaledyn.launch): `mpi` keeps the SLURM executor
+        # A multi-node job launches its own srun (scaledyn.train.launch): `mpi` keeps the SLURM executor
         # from wrapping it in another step, `tasks` asks for one per node, and tasks_per_gpu=0
         # stops the executor from reading `tasks` as tasks per GPU on GPU jobs.
         mpi=lambda w: "srun" if train_nodes(w.run) > 1 else None,
         tasks=lambda w: train_nodes(w.run) if train_nodes(w.run) > 1 else None,
         tasks_per_gpu=0,
-        runtime=lambda w, attempt: SLURM["train_runtime_min"] * attempt,
-        mem_mb=lambda w, attempt: SLURM["train_mem_mb"] * attempt,
+        runtime=lambda w, attempt: SLURM.train_runtime_min * attempt,
+        mem_mb=lambda w, attempt: SLURM.train_mem_mb * attempt,
     params:
         spec=lambda w: STUDY.run_spec(w.run).to_json(),
     shell:

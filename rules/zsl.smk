@@ -11,7 +11,7 @@ rule zsl_dtt:
     conda:
         "../envs/scaledyn.yaml"
     resources:
-        **cluster(gpu=False),
+        **SLURM.resources(gpu=False),
     params:
         losses=L.losses.dir,
         pairs=lambda w: "listed" if w.run in SUITES else "log2",
@@ -35,9 +35,9 @@ rule zsl_dt1:
     conda:
         "../envs/scaledyn.yaml"
     resources:
-        **cluster(gpu=True),
-        gpu=SLURM["eval_gpus"],
-        mem_mb=lambda w: onestep_mem_mb(w.run),
+        **SLURM.resources(gpu=True),
+        gpu=SLURM.eval_gpus,
+        mem_mb=lambda w: STUDY.onestep_mem_mb(w.run),
     params:
         run_dir=lambda w: L.run(w.run).dir,
         data=L.data.dir,

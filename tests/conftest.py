@@ -39,7 +39,7 @@ def tiny_config() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory, tiny_config):
-    from scaledyn.data import prepare
+    from scaledyn.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("data")
     from scaledyn.config import load_study

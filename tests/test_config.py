@@ -1,9 +1,8 @@
 import pytest
+from conftest import REPO
 
 from scaledyn.config import ConfigError, checkpoint_steps, load_study
-from scaledyn.sizes import PAPER_SIZES, PRESETS
-
-from conftest import REPO
+from scaledyn.train.sizes import PAPER_SIZES, PRESETS
 
 
 def test_default_config_is_valid_and_filled_in():
@@ -71,3 +70,56 @@ def test_paper_parameter_counts_match_their_names():
 def test_tiny_sizes_span_cpu_range():
     tiny = [s for n, s in PRESETS.items() if n.startswith("tiny-")]
     assert min(s.total_params(2048) for s in tiny) < 0.1e6 and max(s.total_params(2048) for s in tiny) > 5e6 * 0.9
+
+
+def test_stage_flags_are_the_schema():
+    """Each option is declared once: a stage command's flags are its options' fields, with the
+    schema's choices, and a flag's value is validated by the schema like its config key."""
+    import argparse
+    import dataclasses
+
+    from scaledyn.analysis.options import EvaluateOptions, ZslOptions
+    from scaledyn.cli import build_parser
+    from scaledyn.options import ReportOptions
+    from scaledyn.schema import load_schema
+    from scaledyn.stats.options import FitOptions
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    schema = load_schema()["properties"]
+    for command, cls in (("evaluate", EvaluateOptions), ("zsl-dt1", ZslOptions), ("fit-curve", FitOptions),
+                         ("fit-windows", FitOptions), ("report", ReportOptions)):
+        flags = {a.dest: a for a in sub[command]._actions}
+        for f in dataclasses.fields(cls):
+            section, key = cls.schema_key(f.name)
+            assert f.name in flags, (command, f.name)
+            assert flags[f.name].default is None  # --options or the schema supplies it
+            assert flags[f.name].choices == schema[section]["properties"][key].get("enum"), (command, f.name)
+            assert f"config: {section}.{key}" in flags[f.name].help
+    args = build_parser().parse_args(["zsl-dt1", "--run-dir", "r", "--step", "1", "--data", "d", "--out", "o",
+                                      "--changes", "c", "--batch-size", "0"])
+    from scaledyn.cli import _stage_options
+
+    with pytest.raises(ConfigError, match="^--batch-size: 0 is less than the minimum of 1"):
+        _stage_options(ZslOptions, args)
+
+
+def test_run_record_round_trip(tmp_path):
+    """run.json: fields that do not apply are left out, unknown keys of older files ignored, a broken
+    file is a named error."""
+    import json
+
+    from scaledyn.errors import DataError
+    from scaledyn.records import RunRecord
+
+    r = RunRecord(run="a_s0", size="a", seed=0, total_params=10, non_embedding_params=4, vocab_size=8, d_model=2,
+                  n_layers=1, n_heads=1, steps=16, tokens_per_step=64, processes=1, ranks=[{"rank": 0}],
+                  precision="fp32", data_manifest_sha256="x", spec={"name": "a_s0"})
+    r.write(tmp_path / "run.json")
+    d = json.loads((tmp_path / "run.json").read_text())
+    assert "kind" not in d and "model" not in d and d["processes"] == 1
+    assert RunRecord.read(tmp_path / "run.json") == r and not r.is_suite
+    (tmp_path / "old.json").write_text(json.dumps({**d, "kind": "suite", "retired_field": 1}))
+    assert RunRecord.read(tmp_path / "old.json").is_suite
+    (tmp_path / "bad.json").write_text(json.dumps({"run": "x"}))
+    with pytest.raises(DataError, match="bad.json: run record unreadable"):
+        RunRecord.read(tmp_path / "bad.json")

@@ -12,7 +12,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from scaledyn.config import load_study
-from scaledyn.data import DataError, Source, TokenData, prepare
+from scaledyn.data.prepare import prepare
+from scaledyn.data.sources import Source
+from scaledyn.data.tokens import TokenData
+from scaledyn.errors import DataError
 from scaledyn.layout import DataPaths
 
 
@@ -194,7 +197,7 @@ def test_cli_prepare_data_reports_counts(tmp_path):
 def test_tokenizer_sample_of_a_larger_corpus(tmp_path):
     """The BPE sample: exactly k non-empty documents, in stream order, the same for one seed and
     another set for another seed, across slices; the whole corpus when it holds no more than k."""
-    from scaledyn.data import sample_documents
+    from scaledyn.data.prepare import sample_documents
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": "" if i % 7 == 0 else f"doc {i}"}) + "\n" for i in range(200)))

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaledyn.breaktest import bootstrap_pvalue, classify
-from scaledyn.curve import (CurveError, log_moving_average, log_subsample_mask, read_curve_csv, validate_curve)
-from scaledyn.fit import WINDOW_COLUMNS, BrokenPowerLawFit, fit_curve, on_scale, prepare_fit, window_sensitivity
-from scaledyn.noise import CurveSimulator
-from scaledyn.options import FitOptions
-from scaledyn.powerlaws import bnsl_log, fit_bnsl, fit_reference
+from scaledyn.stats.breaktest import bootstrap_pvalue, classify
+from scaledyn.stats.curve import CurveError, log_moving_average, log_subsample_mask, read_curve_csv, validate_curve
+from scaledyn.stats.fit import WINDOW_COLUMNS, BrokenPowerLawFit, fit_curve, on_scale, prepare_fit, window_sensitivity
+from scaledyn.stats.noise import CurveSimulator
+from scaledyn.stats.options import FitOptions
+from scaledyn.stats.powerlaws import bnsl_log, fit_bnsl, fit_reference
 
 
 def options(**over) -> FitOptions:

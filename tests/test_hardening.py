@@ -23,15 +23,15 @@ import polars as pl
 import pyarrow.dataset as ds
 import pytest
 import torch
+from conftest import REPO, TINY, log_rows, run_workflow
 from safetensors.torch import load_file
 
-from scaledyn import checkpoint
+from scaledyn.analysis.evaluate import evaluate_checkpoint
 from scaledyn.config import ConfigError, load_study
-from scaledyn.evaluate import evaluate_checkpoint
+from scaledyn.errors import Preempted
 from scaledyn.layout import Layout, LossesPaths, RunPaths
-from scaledyn.train import PREEMPTED_EXIT, read_log, train
-
-from conftest import REPO, TINY, log_rows, run_workflow
+from scaledyn.train import checkpoint
+from scaledyn.train.loop import read_log, train
 
 PWNED = Path("/tmp/scaledyn-pwned")
 
@@ -243,7 +243,7 @@ def test_second_trainer_fails_at_once_naming_the_holder(tiny_config, tiny_data, 
         second = scaledyn("train", "--spec", spec.to_json(), timeout=120)
         assert second.returncode == 1 and f"pid {first.pid}" in second.stderr and "already being trained" in second.stderr
         first.send_signal(signal.SIGTERM)  # pre-empt the first: it saves and exits 75
-        assert first.wait(timeout=120) == PREEMPTED_EXIT, first.stderr.read()[-2000:]
+        assert first.wait(timeout=120) == Preempted.exit_code, first.stderr.read()[-2000:]
     finally:
         first.kill()
     saved = max(checkpoint.complete_steps(paths))
@@ -379,4 +379,4 @@ def test_bad_json_arguments_are_one_line(args, message):
 
 
 def test_preempted_exit_code_is_distinct_from_divergence():
-    assert PREEMPTED_EXIT == 75 and checkpoint.CheckpointError.exit_code == 1
+    assert Preempted.exit_code == 75 and checkpoint.CheckpointError.exit_code == 1

@@ -2,9 +2,9 @@ import re
 import shlex
 import sys
 
-from scaledyn.launch import command
-
 from conftest import TINY, run_workflow
+
+from scaledyn.train.launch import command
 
 
 def test_cpu_runs_the_subcommand_directly():

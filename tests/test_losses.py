@@ -1,10 +1,10 @@
 import dataclasses
 import os
 import shutil
-from pathlib import Path
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from scaledyn import losses
-from scaledyn.data import TokenData
-from scaledyn.evaluate import evaluate_checkpoint
+from scaledyn.analysis import losses
+from scaledyn.analysis.evaluate import evaluate_checkpoint
+from scaledyn.analysis.options import EvaluateOptions
+from scaledyn.data.tokens import TokenData
 from scaledyn.layout import LossesPaths, RunPaths
-from scaledyn.model import CheckpointError, load_model
-from scaledyn.options import EvaluateOptions
+from scaledyn.train.model import CheckpointError, load_model
 
 FP16 = dataclasses.replace(EvaluateOptions.defaults(), token_dtype="float16")
 

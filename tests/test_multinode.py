@@ -10,10 +10,9 @@ import sys
 import time
 
 import pytest
+from conftest import REPO, TINY, has, log_rows, preempt_on_slurm, run_workflow, slurm_args
 
 from scaledyn.layout import Layout
-
-from conftest import REPO, TINY, has, log_rows, preempt_on_slurm, run_workflow, slurm_args
 
 
 def _namespaces_work() -> bool:

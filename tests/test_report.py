@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from scaledyn import report
-from scaledyn.curve import validate_curve
-from scaledyn.fit import fit_curve
-from scaledyn.options import FitOptions
-from scaledyn.powerlaws import bnsl_log
-from scaledyn.trends import fit_trend
+from scaledyn.stats.curve import validate_curve
+from scaledyn.stats.fit import fit_curve
+from scaledyn.stats.options import FitOptions
+from scaledyn.stats.powerlaws import bnsl_log
+from scaledyn.stats.trends import fit_trend
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ import subprocess
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO, TINY, has, preempt_on_slurm, run_workflow, slurm_args
 
 from scaledyn.layout import Layout
-
-from conftest import REPO, TINY, has, preempt_on_slurm, run_workflow, slurm_args
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not has("sbatch"), reason="sbatch not installed")]
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import run_workflow
 
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128]
@@ -36,7 +35,7 @@ def _build_suite(root: Path, docs: list[str], vocab: int = 512) -> Path:
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from scaledyn.data import train_bpe
+    from scaledyn.data.prepare import train_bpe
 
     tok = train_bpe(iter(docs), vocab)
     ids = np.concatenate([np.asarray(tok(d)["input_ids"], dtype=np.int64) for d in docs])
@@ -133,7 +132,7 @@ def test_config_refuses_another_tokenizer(suite_env):
 
 
 def _fetch(suite: dict, step: int, data_dir: Path, out: Path, hf_env: dict) -> subprocess.CompletedProcess:
-    from scaledyn.options import Suite
+    from scaledyn.analysis.options import Suite
 
     cfg = {"revision": "step{step}", "curve": None, "non_embedding_params": None, "seed": 0, "gradient_steps": [], **suite}
     text = Suite.from_config("hub", cfg).to_json()
@@ -145,7 +144,7 @@ def _fetch(suite: dict, step: int, data_dir: Path, out: Path, hf_env: dict) -> s
 def test_hub_revisions_from_the_cache_offline_and_the_named_errors(suite_env, tmp_path):
     """The Hub code path (snapshot_download by repo id and branch) against a populated cache, offline."""
     from scaledyn.config import load_study
-    from scaledyn.data import prepare_tokenizer
+    from scaledyn.data.prepare import prepare_tokenizer
     from scaledyn.layout import DataPaths
 
     hf = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(suite_env["cache"])}
@@ -183,7 +182,7 @@ def suite_study(suite_env, tmp_path_factory):
 
 
 def test_workflow_writes_every_revision_and_every_pair(suite_study):
-    from scaledyn import losses
+    from scaledyn.analysis import losses
 
     seq = losses.load(suite_study.losses.dir, "sequences", runs=["tiny"])
     assert sorted(seq["step"].unique()) == STEPS
@@ -209,7 +208,7 @@ def test_workflow_writes_every_revision_and_every_pair(suite_study):
 
 
 def test_local_and_hub_paths_give_equal_losses(suite_study):
-    from scaledyn import losses
+    from scaledyn.analysis import losses
 
     tok = losses.load(suite_study.losses.dir, "tokens", runs=["tiny", "tiny-hub"])
     wide = tok.pivot_table(index=["step", "split", "example_id", "position"], columns="run", values="loss")

@@ -9,17 +9,16 @@ import time
 
 import pytest
 import torch
+from conftest import log_rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from scaledyn import checkpoint
 from scaledyn.config import load_study
-from scaledyn.data import DataError
+from scaledyn.errors import DataError, Preempted
 from scaledyn.layout import RunPaths
-from scaledyn.optim import lr_factor
-from scaledyn.options import Schedule
-from scaledyn.train import PREEMPTED_EXIT, BatchOrder, train
-
-from conftest import log_rows
+from scaledyn.train import checkpoint
+from scaledyn.train.loop import BatchOrder, train
+from scaledyn.train.optim import lr_factor
+from scaledyn.train.spec import Schedule
 
 
 def make_spec(tiny_config, tiny_data, run_dir, **over):
@@ -71,7 +70,7 @@ def test_interrupted_run_resumes_exactly(reference, tmp_path, sig):
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL
     else:
-        assert code == PREEMPTED_EXIT, p.stderr.read()[-2000:]
+        assert code == Preempted.exit_code, p.stderr.read()[-2000:]
         # a resume checkpoint was written at the step where the signal landed
         assert max(checkpoint.complete_steps(RunPaths(spec.run_dir))) > 125
     p = start(spec)
@@ -101,7 +100,7 @@ def test_checkpoints_load_with_automodel_and_keep_optimizer_only_where_needed(tm
     spec = make_spec(tiny_config, tiny_data, tmp_path / "run", steps=16, checkpoint_steps=(1, 2, 4, 8, 16),
                      optimizer_steps=(4,))
     meta = train(spec)
-    assert meta["total_params"] == spec.size.total_params(meta["vocab_size"])
+    assert meta.total_params == spec.size.total_params(meta.vocab_size)
     paths = RunPaths(spec.run_dir)
     for s in spec.checkpoint_steps:
         model = AutoModelForCausalLM.from_pretrained(paths.checkpoint(s))
@@ -171,8 +170,8 @@ def test_schedules():
 
 
 def test_param_groups_skip_decay_on_embedding(tiny_config):
-    from scaledyn.model import build_model
-    from scaledyn.optim import param_groups
+    from scaledyn.train.model import build_model
+    from scaledyn.train.optim import param_groups
 
     spec = load_study(tiny_config).run_spec("tiny-1k_s0")
     model = build_model(spec.size, 300, 0)
@@ -184,7 +183,7 @@ def test_param_groups_skip_decay_on_embedding(tiny_config):
 
 
 def test_training_refuses_a_second_pass_unless_allowed(tmp_path, tiny_config, tiny_data):
-    from scaledyn.data import TokenData
+    from scaledyn.data.tokens import TokenData
 
     n = TokenData.open(tiny_data).train_sequences
     steps = n // 8 + 3  # batch 8: the last 3 steps need a second pass

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import signal
 
-from scaledyn.noise import ARSieve, CurveSimulator
-from scaledyn.trends import ScalingTrend, fit_trend, size_points
+from scaledyn.stats.noise import ARSieve, CurveSimulator
+from scaledyn.stats.trends import ScalingTrend, fit_trend, size_points
 
 
 def table(verdicts=("deceleration",) * 4, seeds=1, se=0.01, noise=0.0, seed=0):

@@ -1,14 +1,13 @@
 """The workflow itself: lint, planning, incremental reruns (checked on `snakemake -n` summaries)."""
 
 import copy
-from pathlib import Path
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, TINY, run_workflow
 
 

@@ -4,13 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from scaledyn import zsl
+from scaledyn.analysis import zsl
+from scaledyn.analysis.onestep import (
+    coordinate_interference,
+    jvp_predictions,
+    load_for_step,
+    one_step,
+    per_position_predictions,
+    step_lr,
+    token_losses,
+    trainable,
+)
 from scaledyn.config import load_study
-from scaledyn.data import TokenData
+from scaledyn.data.tokens import TokenData
 from scaledyn.layout import RunPaths
-from scaledyn.onestep import (coordinate_interference, jvp_predictions, load_for_step, one_step, per_position_predictions,
-                              step_lr, token_losses, trainable)
-from scaledyn.train import BatchOrder, train
+from scaledyn.train.loop import BatchOrder, train
 
 
 def test_metric_properties():

@@ -17,21 +17,60 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ScaledynError
-from .launch import leave_process_group
+from .train.launch import leave_process_group
 
 
-def _stage_options(cls, args, **flags):
+def _stage_options(cls, args):
     """The stage's options from --options (or the schema's defaults) with the flags given on top,
     validated together by the schema and the options' own checks, exactly as a config file is."""
     from .errors import ConfigError
 
     base = cls.from_json(args.options) if args.options else cls.defaults()
-    given = {k: v for k, v in flags.items() if v is not None}
+    given = {f.name: v for f in dataclasses.fields(cls) if (v := getattr(args, f.name, None)) is not None}
     try:
         return cls.from_json(json.dumps({**dataclasses.asdict(base), **given}))
     except ConfigError as e:
-        key = next((k for k in given if f".{k}:" in str(e) or f".{k} " in str(e)), None)
+        key = next((k for k in given if f".{cls.schema_key(k)[1]}:" in str(e) or f".{k} " in str(e)), None)
         raise ConfigError(f"--{key.replace('_', '-')}: {str(e).split(': ', 2)[-1]}" if key else str(e)) from None
+
+
+_TYPES = {"integer": int, "number": float, "string": str}
+
+
+def stage_flags(sp, cls, only: tuple[str, ...] = ()) -> None:
+    """`--options` and one flag per field of a stage's options class (or the fields in `only`), declared
+    by the schema: type, choices and help from the field's entry, its default shown. Flags default to
+    None so that --options can supply a value; bounds are checked when the options are built."""
+    from .schema import load_schema
+
+    sp.add_argument("--options", help="the stage's options as JSON (what the workflow passes)")
+    defaults, schema = cls.defaults(), load_schema()["properties"]
+    for f in dataclasses.fields(cls):
+        if only and f.name not in only:
+            continue
+        section, key = cls.schema_key(f.name)
+        prop = schema[section]["properties"][key]
+        kind = next((t for t in ([prop["type"]] if isinstance(prop.get("type"), str) else prop.get("type", [])) if t != "null"), None)
+        default = getattr(defaults, f.name)
+        text = (prop.get("description") or key.replace("_", " ")).rstrip(".").replace("%", "%%")
+        text += f" (default: {default if default not in (None, []) else 'none'}; config: {section}.{key})"
+        flag = "--" + f.name.replace("_", "-")
+        if kind == "boolean":
+            sp.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        elif kind == "array":
+            sp.add_argument(flag, nargs="*", type=_TYPES[prop["items"]["type"]], help=text)
+        elif "enum" in prop:
+            sp.add_argument(flag, choices=prop["enum"], help=text)
+        else:
+            sp.add_argument(flag, type=_TYPES[kind], help=text)
+
+
+def checkpoint_args(sp, out: str) -> None:
+    """The arguments of the per-checkpoint commands (evaluate, zsl-dt1)."""
+    sp.add_argument("--run-dir", required=True, help="the run's directory")
+    sp.add_argument("--step", type=int, required=True, help="checkpoint step")
+    sp.add_argument("--data", required=True, help="prepared data directory")
+    sp.add_argument("--out", required=True, help=out)
 
 
 def cmd_validate(args) -> None:
@@ -44,9 +83,9 @@ def cmd_validate(args) -> None:
 
 
 def cmd_prepare_data(args) -> None:
-    from . import data
     from .config import load_study
-    from .options import DataOptions
+    from .data.options import DataOptions
+    from .data.prepare import prepare, prepare_index, prepare_slice, prepare_tokenizer
 
     if args.options:  # the workflow passes only the data options, so other edits don't re-prepare
         options, out = DataOptions.from_json(args.options), Path(args.out)
@@ -54,19 +93,19 @@ def cmd_prepare_data(args) -> None:
         study = load_study(args.config)
         options, out = study.data, Path(args.out) if args.out else study.layout.data.dir
     if args.stage == "tokenizer":
-        return data.prepare_tokenizer(options, out)
+        return prepare_tokenizer(options, out)
     if args.stage == "slice":
-        r = data.prepare_slice(options, out, args.slice)
+        r = prepare_slice(options, out, args.slice)
         return print(f"slice {args.slice}: {r['tokens']:,} tokens from {r['documents']:,} documents in {len(r['shards'])} shards")
-    m = data.prepare(options, out) if args.stage == "all" else data.prepare_index(options, out)
+    m = prepare(options, out) if args.stage == "all" else prepare_index(options, out)
     print(f"{out}: {m['n_tokens']:,} tokens, vocabulary {m['tokenizer']['vocab_size']}, "
           f"{m['splits']['train']['sequences']:,} training sequences of {m['seq_len']}")
 
 
 def cmd_train(args) -> None:
     from .config import load_study
-    from .options import RunSpec
-    from .train import train
+    from .train.loop import train
+    from .train.spec import RunSpec
 
     if args.spec:
         return train(RunSpec.from_json(args.spec))
@@ -77,67 +116,62 @@ def cmd_train(args) -> None:
 
 
 def cmd_launch(args) -> None:
-    from .launch import run
+    from .train.launch import run
 
     run(args.command, gpus=args.gpus, nodes=args.nodes, port=args.port, dry_run=args.dry_run)
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluate import evaluate_checkpoint
-    from .options import EvaluateOptions
+    from .analysis.evaluate import evaluate_checkpoint
+    from .analysis.options import EvaluateOptions
 
-    options = _stage_options(EvaluateOptions, args, batch_size=args.batch_size, token_dtype=args.token_dtype,
-                             heldout=False if args.no_heldout else None)
-    evaluate_checkpoint(args.run_dir, args.step, args.data, args.out, options, study=args.study, force=args.force)
+    evaluate_checkpoint(args.run_dir, args.step, args.data, args.out, _stage_options(EvaluateOptions, args),
+                        study=args.study, force=args.force)
 
 
 def cmd_run_table(args) -> None:
-    from .losses import write_run_table
+    from .analysis.losses import write_run_table
 
     write_run_table(args.runs, args.out, study=args.study)
 
 
 def cmd_export(args) -> None:
-    from .losses import export
+    from .analysis.losses import export
 
     print(export(args.results, args.out, runs=args.runs))
 
 
 def cmd_fit_curve(args) -> None:
-    from .fit import fit_curve_file
-    from .options import FitOptions
+    from .stats.fit import fit_curve_file
+    from .stats.options import FitOptions
 
-    options = _stage_options(FitOptions, args, smoothing=args.smoothing, subsample=args.subsample,
-                             transient_steps=args.transient_steps, axis=args.axis, x_per_step=args.x_per_step,
-                             input_smoothed=args.input_smoothed,
-                             on_duplicate=args.on_duplicate, bootstrap=args.bootstrap, alpha=args.alpha, seed=args.seed)
-    print(fit_curve_file(args.input, args.out, options).summary(), end="")
+    print(fit_curve_file(args.input, args.out, _stage_options(FitOptions, args)).summary(), end="")
 
 
 def cmd_fit_windows(args) -> None:
-    from .fit import window_sensitivity_file
-    from .options import FitOptions
+    from .stats.fit import window_sensitivity_file
+    from .stats.options import FitOptions
 
     print(window_sensitivity_file(args.input, args.out, _stage_options(FitOptions, args)))
 
 
 def cmd_fit_scaling(args) -> None:
-    from .trends import fit_scaling_files
+    from .stats.trends import fit_scaling_files
 
     fit_scaling_files(args.fits, args.runs, args.out_sizes, args.out_trends, args.out_summary)
     print(Path(args.out_summary).read_text(), end="")
 
 
 def cmd_zsl_dtt(args) -> None:
-    from .zsl import dtt_table
+    from .analysis.zsl import dtt_table
 
     dtt_table(args.losses, args.run, args.out, args.pairs)
 
 
 def _suite(args):
+    from .analysis.options import Suite
     from .config import load_study
     from .errors import ConfigError
-    from .options import Suite
 
     if args.suite:
         return Suite.from_json(args.suite)
@@ -148,52 +182,49 @@ def _suite(args):
 
 
 def cmd_suite_fetch(args) -> None:
-    from .suites import fetch
+    from .analysis.suites import fetch
 
     r = fetch(_suite(args), args.step, args.data, args.out)
     print(f"{r['model']} {r['revision']}: {r['path']} ({r['commit']})")
 
 
 def cmd_suite_meta(args) -> None:
-    from .suites import write_meta
+    from .analysis.suites import write_meta
 
     m = write_meta(args.revision, args.data, args.out)
-    print(f"{m['run']}: {m['non_embedding_params']:,} non-embedding parameters of {m['total_params']:,}")
+    print(f"{m.run}: {m.non_embedding_params:,} non-embedding parameters of {m.total_params:,}")
 
 
 def cmd_suite_evaluate(args) -> None:
-    from .options import EvaluateOptions
-    from .suites import evaluate
+    from .analysis.options import EvaluateOptions
+    from .analysis.suites import evaluate
 
-    evaluate(args.revision, args.data, args.out, _stage_options(EvaluateOptions, args, batch_size=args.batch_size))
+    evaluate(args.revision, args.data, args.out, _stage_options(EvaluateOptions, args))
 
 
 def cmd_suite_curve(args) -> None:
-    from .suites import write_curve
+    from .analysis.suites import write_curve
 
     print(write_curve(_suite(args), args.losses, args.out).to_string(index=False))
 
 
 def cmd_suite_gradient(args) -> None:
-    from .options import ZslOptions
-    from .suites import direction_analysis
+    from .analysis.onestep import direction_analysis
+    from .analysis.options import ZslOptions
 
     print(direction_analysis(args.revision, args.data, args.out,
-                             _stage_options(ZslOptions, args, batch_size=args.batch_size)).to_string(index=False))
+                             _stage_options(ZslOptions, args)).to_string(index=False))
 
 
 def cmd_zsl_dt1(args) -> None:
-    from .onestep import dt1_analysis
-    from .options import ZslOptions
+    from .analysis.onestep import dt1_analysis
+    from .analysis.options import ZslOptions
 
-    options = _stage_options(ZslOptions, args, gradient_view=False if args.no_gradient_view else None,
-                             coordinate_max_params=args.coordinate_max_params, coordinate_tokens=args.coordinate_tokens,
-                             batch_size=args.batch_size)
-    dt1_analysis(args.run_dir, args.step, args.data, args.out, args.changes, options)
+    dt1_analysis(args.run_dir, args.step, args.data, args.out, args.changes, _stage_options(ZslOptions, args))
 
 
 def cmd_zsl_merge(args) -> None:
-    from .zsl import merge_tables
+    from .analysis.zsl import merge_tables
 
     merge_tables(args.inputs, args.out)
 
@@ -202,8 +233,8 @@ def cmd_report(args) -> None:
     from .options import ReportOptions
     from .report import build_report
 
-    options = _stage_options(ReportOptions, args, histogram_steps=args.histogram_steps)
-    build_report(args.run_dirs, args.fits, args.trends, args.zsl, args.losses, args.out, options, args.windows or ())
+    build_report(args.run_dirs, args.fits, args.trends, args.zsl, args.losses, args.out, _stage_options(ReportOptions, args),
+                 args.windows or ())
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -214,27 +245,24 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .options import EvaluateOptions, FitOptions, ReportOptions, ZslOptions
+    from .analysis.options import EvaluateOptions, ZslOptions
+    from .options import ReportOptions
+    from .stats.options import FitOptions
 
     p = argparse.ArgumentParser(prog="scaledyn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"scaledyn {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    def add(name, fn, text, options=False):
+    def add(name, fn, text):
         sp = sub.add_parser(name, help=text, description=text, formatter_class=_Help)
         sp.set_defaults(fn=fn)
-        if options:
-            sp.add_argument("--options", help="the stage's options as JSON (what the workflow passes)")
         return sp
-
-    fit, ev, zs, rp = FitOptions.defaults(), EvaluateOptions.defaults(), ZslOptions.defaults(), ReportOptions.defaults()
-    d = lambda v: f"(default: {v})"  # noqa: E731  flags default to None so that --options can supply them
 
     sp = add("validate", cmd_validate, "Validate a study config; print its runs (smallest first) and checkpoint steps.")
     sp.add_argument("--config", default="config.yaml", help="study config (YAML)")
 
-    sp = add("prepare-data", cmd_prepare_data, "Tokenize the corpus into token shards, evaluation and held-out sets.",
-             options=True)
+    sp = add("prepare-data", cmd_prepare_data, "Tokenize the corpus into token shards, evaluation and held-out sets.")
+    sp.add_argument("--options", help="the data options as JSON (what the workflow passes)")
     sp.add_argument("--config", default="config.yaml", help="study config, when no --options are given")
     sp.add_argument("--out", help="data directory (default: <results>/data of the config)")
     sp.add_argument("--stage", choices=["all", "tokenizer", "slice", "index"], default="all",
@@ -255,14 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     sp.add_argument("command", nargs=argparse.REMAINDER, help="-- then the scaledyn subcommand and its arguments")
 
-    sp = add("evaluate", cmd_evaluate, "Per-token losses of one checkpoint into the Parquet dataset.", options=True)
-    sp.add_argument("--run-dir", required=True, help="the run's directory")
-    sp.add_argument("--step", type=int, required=True, help="checkpoint step")
-    sp.add_argument("--data", required=True, help="prepared data directory")
-    sp.add_argument("--out", required=True, help="losses dataset root")
-    sp.add_argument("--batch-size", type=int, help=f"sequences per forward pass {d(ev.batch_size)}")
-    sp.add_argument("--token-dtype", choices=["float32", "float16"], help=f"per-token loss column type {d(ev.token_dtype)}")
-    sp.add_argument("--no-heldout", action="store_true", help="skip the held-out training batches")
+    sp = add("evaluate", cmd_evaluate, "Per-token losses of one checkpoint into the Parquet dataset.")
+    checkpoint_args(sp, "losses dataset root")
+    stage_flags(sp, EvaluateOptions)
     sp.add_argument("--study", default="", help="study name, recorded in the run table")
     sp.add_argument("--force", action="store_true", help="re-evaluate even if the partition exists")
 
@@ -276,29 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="directory, or a .tar/.tar.gz/.zip archive")
     sp.add_argument("--runs", nargs="*", help="only these runs")
 
-    sp = add("fit-curve", cmd_fit_curve, "Test a step,loss CSV for an abrupt deceleration and fit the broken power law.",
-             options=True)
+    sp = add("fit-curve", cmd_fit_curve, "Test a step,loss CSV for an abrupt deceleration and fit the broken power law.")
     sp.add_argument("input", help="CSV with columns step and loss (other columns are ignored)")
     sp.add_argument("--out", required=True, help="FIT.json to write")
-    sp.add_argument("--smoothing", choices=["log-ma", "none"], help=f"smoothing applied before fitting {d(fit.smoothing)}")
-    sp.add_argument("--subsample", choices=["log", "none"], help=f"log subsampling of the steps {d(fit.subsample)}")
-    sp.add_argument("--transient-steps", type=float, help=f"fit only steps above this {d(fit.transient_steps)}")
-    sp.add_argument("--input-smoothed", choices=["auto", "no", "log-ma", "other"],
-                    help=f"was the curve smoothed before? auto: log-subsampled steps mean log-ma {d(fit.input_smoothed)}")
-    sp.add_argument("--on-duplicate", choices=["last", "first", "mean", "error"],
-                    help=f"a step logged twice with different losses keeps this value {d(fit.on_duplicate)}")
-    sp.add_argument("--axis", choices=["steps", "tokens", "flops"], help="the x fitted: the CSV's step, tokens or flops "
-                    f"column (t_d comes out in its units; preprocessing stays on steps) {d(fit.axis)}")
-    sp.add_argument("--x-per-step", type=float, help="tokens or FLOPs per step, for a CSV without a step column "
-                    "(default: inferred from the grid)")
-    sp.add_argument("--bootstrap", type=int, help=f"draws for the test and the intervals {d(fit.bootstrap)}")
-    sp.add_argument("--alpha", type=float, help=f"significance level of the break test {d(fit.alpha)}")
-    sp.add_argument("--seed", type=int, help=f"bootstrap seed {d(fit.seed)}")
+    stage_flags(sp, FitOptions)
 
     sp = add("fit-windows", cmd_fit_windows, "Refit a loss curve over other fit windows (the transient cut at half, once and twice "
-             "fit.transient_steps; the whole run and its first two thirds): does t_d stay put?", options=True)
+             "fit.transient_steps; the whole run and its first two thirds): does t_d stay put?")
     sp.add_argument("input", help="CSV with columns step and loss")
     sp.add_argument("--out", required=True, help="CSV to write, one row per window")
+    stage_flags(sp, FitOptions)
 
     sp = add("fit-scaling", cmd_fit_scaling, "Trends of L_d, r_d and c0 with log N across sizes, weighted by their uncertainty.")
     sp.add_argument("--fits", nargs="+", required=True, help="FIT.json files")
@@ -335,10 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("suite-meta", cmd_suite_meta, "Write a suite's run.json (parameter counts, architecture) from a revision record.")
     revision_args(sp, "run.json to write")
 
-    sp = add("suite-evaluate", cmd_suite_evaluate, "Per-token losses of one suite revision into the Parquet dataset.",
-             options=True)
+    sp = add("suite-evaluate", cmd_suite_evaluate, "Per-token losses of one suite revision into the Parquet dataset.")
     revision_args(sp, "losses dataset root")
-    sp.add_argument("--batch-size", type=int, help=f"sequences per forward pass {d(ev.batch_size)}")
+    stage_flags(sp, EvaluateOptions)
 
     sp = add("suite-curve", cmd_suite_curve, "A suite's loss curve (step,loss): its training curve, else its evaluation "
              "loss at each listed revision.")
@@ -347,34 +356,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="CSV to write")
 
     sp = add("suite-gradient", cmd_suite_gradient, "Gradient-direction view of a suite revision (no optimizer state): "
-             "JVP-predicted loss changes along each held-out batch's mean gradient and its sign.", options=True)
+             "JVP-predicted loss changes along each held-out batch's mean gradient and its sign.")
     revision_args(sp, "metrics table (.parquet; a .csv is written beside it)")
-    sp.add_argument("--batch-size", type=int, help=f"sequences per forward pass {d(zs.batch_size)}")
+    stage_flags(sp, ZslOptions, only=("batch_size",))
 
-    sp = add("zsl-dt1", cmd_zsl_dt1, "One optimizer step from a checkpoint on each held-out batch.", options=True)
-    sp.add_argument("--run-dir", required=True, help="the run's directory")
-    sp.add_argument("--step", type=int, required=True, help="checkpoint step (must hold optimizer state)")
-    sp.add_argument("--data", required=True, help="prepared data directory")
-    sp.add_argument("--out", required=True, help="metrics table (.parquet; a .csv is written beside it)")
-    sp.add_argument("--changes", required=True, help="dataset of per-token loss changes (hive: run=, step=)")
-    sp.add_argument("--no-gradient-view", action="store_true", help="skip the JVP prediction and coordinate interference")
-    sp.add_argument("--coordinate-max-params", type=int, help=f"largest model for per-token gradients {d(zs.coordinate_max_params)}")
-    sp.add_argument("--coordinate-tokens", type=int, help=f"tokens per batch for coordinate interference {d(zs.coordinate_tokens)}")
-    sp.add_argument("--batch-size", type=int, help=f"sequences per forward pass {d(zs.batch_size)}")
+    sp = add("zsl-dt1", cmd_zsl_dt1, "One optimizer step from a checkpoint (it must hold optimizer state) on each held-out "
+             "batch.")
+    checkpoint_args(sp, "metrics table (.parquet; a .csv is written beside it)")
+    sp.add_argument("--changes", required=True, help="dataset of per-token loss changes: <changes>/<run>/step_<step>.parquet")
+    stage_flags(sp, ZslOptions)
 
     sp = add("zsl-merge", cmd_zsl_merge, "Concatenate ZSL tables into one (Parquet + CSV).")
     sp.add_argument("inputs", nargs="+", help="tables to merge")
     sp.add_argument("--out", required=True, help="merged table (.parquet)")
 
-    sp = add("report", cmd_report, "Figures, tables and the summary for a finished study.", options=True)
+    sp = add("report", cmd_report, "Figures, tables and the summary for a finished study.")
     sp.add_argument("--run-dirs", nargs="+", required=True, help="the runs' directories")
     sp.add_argument("--fits", nargs="+", required=True, help="their FIT.json files, same order")
     sp.add_argument("--windows", nargs="*", help="their fit-window tables from fit-windows, same order")
     sp.add_argument("--trends", required=True, help="trends.json from fit-scaling")
     sp.add_argument("--zsl", required=True, help="zsl.parquet from zsl-merge")
     sp.add_argument("--losses", required=True, help="losses dataset root (for the loss-change histograms)")
-    sp.add_argument("--histogram-steps", nargs="*", type=int, help=f"checkpoints for the histograms {d(rp.histogram_steps or 'around t_d')}")
     sp.add_argument("--out", required=True, help="report directory")
+    stage_flags(sp, ReportOptions)
     return p
 
 

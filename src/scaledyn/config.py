@@ -14,12 +14,15 @@ from pathlib import Path
 
 import yaml
 
-from . import sizes as size_presets
+from .analysis.options import EvaluateOptions, Suite, ZslOptions
+from .data.options import DataOptions
 from .errors import ConfigError, DataError
 from .layout import Layout
-from .options import (DataOptions, EvaluateOptions, FitOptions, Optimizer, ReportOptions, RunSpec, Schedule, Suite,
-                      ZslOptions)
+from .options import ReportOptions, SlurmOptions
 from .schema import validate_schema
+from .stats.options import FitOptions
+from .train import sizes as size_presets
+from .train.spec import Optimizer, RunSpec, Schedule
 
 
 def checkpoint_steps(last: int, log2: bool = True, interval: int | None = None, extra=()) -> list[int]:
@@ -111,6 +114,19 @@ class Study:
     def report(self) -> ReportOptions:
         return ReportOptions.from_config(self.cfg)
 
+    @property
+    def slurm(self) -> SlurmOptions:
+        return SlurmOptions.from_config(self.cfg)
+
+    def onestep_mem_mb(self, run: str) -> int:
+        """Host memory of a one-step job: the checkpoint's weights and AdamW state (16 bytes per
+        parameter, fp32) read twice over while moving to the device, plus 8 GB of working room. A
+        pretrained tokenizer's vocabulary is known only after preparation, when the DAG is already
+        built: 65,536 rows are assumed for it (more than GPT-NeoX's 50,304)."""
+        tok = self.cfg["data"]["tokenizer"]
+        vocab = tok["vocab_size"] if tok["kind"] == "bpe" else 65536
+        return 8000 + 32 * self.sizes[self.runs[run][0]].total_params(vocab) // 10**6
+
     def run_spec(self, run: str) -> RunSpec:
         size_name, seed = self.runs[run]
         size, t, c = self.sizes[size_name], self.cfg["train"], self.cfg["checkpoints"]
@@ -127,7 +143,7 @@ class Study:
 
     @property
     def data_slices(self) -> int:
-        from .data import Source
+        from .data.sources import Source
 
         return Source(self.data).slices()
 
@@ -157,7 +173,7 @@ def _check_data(data: dict) -> None:
     if data["source"] == "packages":
         if not data["packages"]:
             raise ConfigError("config: data.packages: source 'packages' needs at least one installed package name")
-        from .data import package_dir
+        from .data.sources import package_dir
 
         for i, name in enumerate(data["packages"]):
             try:
@@ -202,7 +218,7 @@ def _check_suites(study: Study) -> None:
         raise ConfigError("config: model.sizes: the study has no sizes to train and no suites to analyse")
     if not cfg["suites"]:
         return
-    from .suites import check_local_suite
+    from .analysis.suites import check_local_suite
 
     if cfg["data"]["tokenizer"]["kind"] != "pretrained":
         raise ConfigError("config: data.tokenizer.kind: suites are evaluated on text tokenized with their own tokenizer; "

@@ -40,6 +40,13 @@ class Diverged(ScaledynError):
     exit_code = 65  # EX_DATAERR: distinct from 75 (pre-empted, retry) and 1 (any other error)
 
 
+class Preempted(ScaledynError):
+    """Training was asked to stop (SIGTERM / SIGUSR1, a SLURM pre-emption) and saved a checkpoint to
+    resume from; the job should be retried."""
+
+    exit_code = 75  # EX_TEMPFAIL: the profile's retries resume the run
+
+
 class WriteError(ScaledynError):
     """An output that cannot be written (full disk, read-only or missing directory)."""
 

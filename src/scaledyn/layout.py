@@ -27,9 +27,15 @@ def partition(root: str | Path, run: str, step: int | str) -> Path:
     return Path(root) / run / f"step_{step}.parquet"
 
 
+def step_of(name: str) -> int | None:
+    """The step in a `step_<t>` name (a checkpoint directory, or a file's stem); None for any other name."""
+    digits = name[5:] if name.startswith("step_") else ""
+    return int(digits) if digits.isdigit() else None
+
+
 def partition_steps(root: str | Path, run: str) -> list[int]:
     """The steps a dataset holds for `run`, ascending."""
-    return sorted(int(p.stem[5:]) for p in (Path(root) / run).glob("step_*.parquet") if p.stem[5:].isdigit())
+    return sorted(s for p in (Path(root) / run).glob("step_*.parquet") if (s := step_of(p.stem)) is not None)
 
 
 def staging(dataset: str | Path) -> Path:
@@ -116,7 +122,7 @@ class RunPaths:
         """Steps of the checkpoint directories present (complete or not), ascending."""
         if not self.checkpoints.is_dir():
             return []
-        return sorted(int(d.name[5:]) for d in self.checkpoints.glob("step_*") if d.is_dir() and d.name[5:].isdigit())
+        return sorted(s for d in self.checkpoints.glob("step_*") if d.is_dir() and (s := step_of(d.name)) is not None)
 
 
 class Layout:

@@ -1,4 +1,6 @@
-"""Typed options for every stage, built once from the validated study config.
+"""Typed options for every stage, built once from the validated study config: the base class here,
+each stage's class in its room (`data.options`, `stats.options`, `analysis.options`, `train.spec`),
+the report's here.
 
 Defaults live only in the schema: these classes have none of their own. `defaults()` builds an
 object from the schema's defaults (what the CLI shows and starts from), `from_json()` re-validates
@@ -10,17 +12,15 @@ config, so editing one stage's options re-runs that stage and what depends on it
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 from .errors import ConfigError
 from .schema import defaults as schema_defaults
 from .schema import validate_schema
-from .sizes import Size
 
 
-def _json_object(text: str) -> dict:
+def json_object(text: str) -> dict:
     try:
         section = json.loads(text)
     except json.JSONDecodeError as e:
@@ -31,12 +31,21 @@ def _json_object(text: str) -> dict:
 
 
 class StageOptions:
+    """A stage's options: the fields of one schema section, plus any `BORROWED` from another section
+    (the one-step analysis' micro-batch is evaluate.batch_size), each declared once, in the schema."""
+
     SECTION: ClassVar[str]
+    BORROWED: ClassVar[dict[str, tuple[str, str]]] = {}  # field -> (section, key) it comes from
+
+    @classmethod
+    def schema_key(cls, name: str) -> tuple[str, str]:
+        """The schema section and key that declare field `name`."""
+        return cls.BORROWED.get(name, (cls.SECTION, name))
 
     @classmethod
     def from_config(cls, cfg: dict):
         """From a validated config (every default filled in)."""
-        return cls(**{f.name: cfg[cls.SECTION][f.name] for f in fields(cls)})
+        return cls(**{f.name: cfg[section][key] for f in fields(cls) for section, key in [cls.schema_key(f.name)]})
 
     @classmethod
     def defaults(cls):
@@ -47,96 +56,11 @@ class StageOptions:
 
     @classmethod
     def from_json(cls, text: str):
-        return cls.from_config(validate_schema({cls.SECTION: _json_object(text)}))
-
-
-@dataclass(frozen=True)
-class DataOptions(StageOptions):
-    SECTION: ClassVar[str] = "data"
-    source: str
-    packages: list
-    files: dict
-    hf: dict
-    max_documents: int | None
-    max_tokens: int | None
-    tokenizer: dict
-    seq_len: int
-    eval_sequences: int
-    heldout_batches: int
-    seed: int
-    slices: int
-    shard_tokens: int
-    heldout_batch_size: int  # = train.batch_size: held-out batches are training batches never trained on
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> "DataOptions":
-        data = {f.name: cfg["data"][f.name] for f in fields(cls) if f.name != "heldout_batch_size"}
-        return cls(**data, heldout_batch_size=cfg["train"]["batch_size"])
-
-    @classmethod
-    def from_json(cls, text: str) -> "DataOptions":
-        d = _json_object(text)
-        batch = d.pop("heldout_batch_size", None)
-        cfg = validate_schema({"data": d, "train": {"batch_size": batch} if batch is not None else {}})
-        return cls.from_config(cfg)
-
-
-@dataclass(frozen=True)
-class EvaluateOptions(StageOptions):
-    SECTION: ClassVar[str] = "evaluate"
-    batch_size: int
-    token_dtype: str
-    heldout: bool
-
-
-@dataclass(frozen=True)
-class ZslOptions(StageOptions):
-    """The one-step analysis' options; which checkpoints it runs at is the study's (zsl.dt1_steps)."""
-
-    SECTION: ClassVar[str] = "zsl"
-    gradient_view: bool
-    coordinate_max_params: int
-    coordinate_tokens: int | None
-    batch_size: int  # = evaluate.batch_size: the micro-batch of every forward pass
-
-    @classmethod
-    def from_config(cls, cfg: dict) -> "ZslOptions":
-        z = cfg["zsl"]
-        return cls(z["gradient_view"], z["coordinate_max_params"], z["coordinate_tokens"], cfg["evaluate"]["batch_size"])
-
-    @classmethod
-    def from_json(cls, text: str) -> "ZslOptions":
-        d = _json_object(text)
-        batch = d.pop("batch_size", None)
-        return cls.from_config(validate_schema({"zsl": d, "evaluate": {} if batch is None else {"batch_size": batch}}))
-
-
-@dataclass(frozen=True)
-class FitOptions(StageOptions):
-    SECTION: ClassVar[str] = "fit"
-    smoothing: str
-    subsample: str
-    transient_steps: float
-    axis: str
-    x_per_step: float | None
-    input_smoothed: str
-    on_duplicate: str
-    bootstrap: int
-    alpha: float
-    seed: int
-
-    def __post_init__(self):
-        # a bootstrap p-value is at least 1 / (1 + draws): fewer draws could never reach p < alpha
-        need = math.floor(1 / self.alpha)
-        if self.bootstrap < need:
-            raise ConfigError(f"config: fit.bootstrap: {self.bootstrap} draws can never give p < alpha = {self.alpha:g} "
-                              f"(the smallest p is 1 / (1 + draws)); need at least {need}")
-
-    def at_revisions(self) -> "FitOptions":
-        """For a curve of a few evaluation losses at a suite's revisions (each a mean over the whole
-        evaluation set, on an uneven grid): the log moving average and log subsampling assume one
-        noisy point per step and would smear such points into a false bend, so both are off."""
-        return replace(self, smoothing="none", subsample="none", input_smoothed="no")
+        raw: dict = {cls.SECTION: {}}
+        for name, value in json_object(text).items():
+            section, key = cls.schema_key(name) if name in cls.BORROWED else (cls.SECTION, name)
+            raw.setdefault(section, {})[key] = value
+        return cls.from_config(validate_schema(raw))
 
 
 @dataclass(frozen=True)
@@ -145,124 +69,30 @@ class ReportOptions(StageOptions):
     histogram_steps: list
 
 
-# ----------------------------------------------------------------------------- training
-
-
 @dataclass(frozen=True)
-class Schedule:
-    kind: str
-    warmup_steps: int
-    warmup_start_factor: float
-    cooldown_steps: int
-    final_lr_factor: float
+class SlurmOptions(StageOptions):
+    """What the SLURM profile asks for; the rules read these, never the raw config."""
 
+    SECTION: ClassVar[str] = "slurm"
+    partition: str | None
+    gpu_partition: str | None
+    account: str | None
+    gpus: dict
+    default_gpus: int
+    eval_gpus: int
+    nodes: dict
+    train_runtime_min: int
+    train_mem_mb: int
 
-@dataclass(frozen=True)
-class Optimizer:
-    betas: tuple[float, float]
-    eps: float
-    weight_decay: float
+    def resources(self, gpu: bool = False) -> dict:
+        """slurm_partition / slurm_account resources of a job (only those set)."""
+        res = {"slurm_partition": (self.gpu_partition or self.partition) if gpu else self.partition,
+               "slurm_account": self.account}
+        return {k: v for k, v in res.items() if v}
 
+    def train_gpus(self, size: str) -> int:
+        return self.gpus.get(size, self.default_gpus)
 
-def _resumable(**kw):
-    """A RunSpec field that may change between a checkpoint and its resumption without changing
-    the run: the losses it logs stay those of an uninterrupted run."""
-    return field(metadata={"resumable": True}, **kw)
+    def train_nodes(self, size: str) -> int:
+        return self.nodes.get(size, 1)
 
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything one training run needs; passed to `scaledyn train --spec`.
-
-    It depends only on its own size and seed, so adding a size to a study leaves the other runs'
-    specs (and hence Snakemake's params trigger) untouched."""
-
-    name: str
-    size: Size
-    seed: int
-    data_dir: str = _resumable()
-    run_dir: str = _resumable()
-    seq_len: int = field()
-    steps: int = _resumable()  # unless the schedule depends on the total (checked on resume)
-    batch_size: int = field()
-    micro_batch_size: int | None = field()
-    lr: float = field()
-    schedule: Schedule = field()
-    optimizer: Optimizer = field()
-    grad_clip: float | None = field()
-    precision: str = field()
-    compile: bool = _resumable()
-    threads: int | None = _resumable()
-    flush_every: int = _resumable()
-    checkpoint_steps: tuple[int, ...] = _resumable()
-    optimizer_steps: tuple[int, ...] | None = _resumable()  # None = keep optimizer state everywhere
-    data_seed: int = field()
-    allow_repeat: bool = _resumable()  # data.allow_repeat: may training start a second pass over the data?
-
-    RESUMABLE: ClassVar[frozenset] = frozenset()
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunSpec":
-        d = dict(d)
-        d["size"] = Size(**d["size"])
-        d["schedule"] = Schedule(**d["schedule"])
-        d["optimizer"] = Optimizer(**{**d["optimizer"], "betas": tuple(d["optimizer"]["betas"])})
-        d["checkpoint_steps"] = tuple(d["checkpoint_steps"])
-        if d.get("optimizer_steps") is not None:
-            d["optimizer_steps"] = tuple(d["optimizer_steps"])
-        return cls(**d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "RunSpec":
-        try:
-            return cls.from_dict(json.loads(text))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ConfigError(f"--spec: not a run spec ({type(e).__name__}: {e})") from None
-
-    def keeps_optimizer(self, step: int) -> bool:
-        return self.optimizer_steps is None or step in self.optimizer_steps
-
-
-RunSpec.RESUMABLE = frozenset(f.name for f in fields(RunSpec) if f.metadata.get("resumable"))
-
-
-# ----------------------------------------------------------------------------- published suites
-
-
-@dataclass(frozen=True)
-class Suite:
-    """A published checkpoint suite (one run of one size, many revisions): evaluated, never trained.
-    Passed to the suite commands as JSON; `name` is the study's key for it and names the run."""
-
-    name: str
-    model: str
-    revision: str
-    steps: tuple[int, ...]
-    tokens_per_step: int
-    curve: str | None
-    non_embedding_params: int | None
-    seed: int
-    gradient_steps: tuple[int, ...]
-
-    @classmethod
-    def from_config(cls, name: str, s: dict) -> "Suite":
-        return cls(name, s["model"], s["revision"], tuple(sorted(s["steps"])), s["tokens_per_step"], s["curve"],
-                   s["non_embedding_params"], s["seed"], tuple(sorted(s["gradient_steps"])))
-
-    def revision_name(self, step: int) -> str:
-        return self.revision.replace("{step}", str(step))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Suite":
-        d = _json_object(text)
-        name = d.pop("name", None)
-        if not isinstance(name, str):
-            raise ConfigError("--suite: needs the suite's name")
-        cfg = validate_schema({"model": {"sizes": []}, "suites": {name: d}})
-        return cls.from_config(name, cfg["suites"][name])

@@ -9,7 +9,6 @@ so tests check what it claims (lines per size, log axes, labels) instead of pixe
 from __future__ import annotations
 
 import html
-import json
 import math
 from dataclasses import dataclass
 
@@ -21,12 +20,14 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import atomic, losses, zsl  # noqa: E402
-from .curve import log_moving_average  # noqa: E402
-from .fit import BrokenPowerLawFit  # noqa: E402
+from . import atomic  # noqa: E402
+from .analysis import losses, zsl
 from .layout import Layout, ReportPaths, RunPaths  # noqa: E402
 from .options import ReportOptions  # noqa: E402
-from .trends import ScalingTrend, per_size_table, read_trends, run_lines  # noqa: E402
+from .records import RunRecord
+from .stats.curve import log_moving_average  # noqa: E402
+from .stats.fit import BrokenPowerLawFit  # noqa: E402
+from .stats.trends import ScalingTrend, per_size_table, read_trends, run_lines  # noqa: E402
 
 FIGURES = ("loss_curves", "scaling_trends", "zsl_dtt", "zsl_dt1", "d_vs_m", "loss_change_hist")
 BREAKS = ("deceleration", "acceleration")
@@ -60,7 +61,7 @@ class StudyResults:
     """A finished study as the report reads it: runs in size order, their fits and curves."""
 
     runs: list[str]
-    meta: dict[str, dict]
+    meta: dict[str, RunRecord]
     fits: dict[str, BrokenPowerLawFit]
     curves: dict[str, pd.DataFrame]
     trends: list[ScalingTrend]
@@ -72,10 +73,10 @@ class StudyResults:
         """From the runs' directories and their fit files (same order), trends.json, zsl.parquet and
         the fit-window tables (same order; optional)."""
         paths = [RunPaths(d) for d in run_dirs]
-        meta = {p.name: json.loads(p.run_json.read_text()) for p in paths}
+        meta = {p.name: RunRecord.read(p.run_json) for p in paths}
         fits = {p.name: BrokenPowerLawFit.read(f) for p, f in zip(paths, fit_paths)}
         curves = {p.name: pd.read_csv(p.train_log) for p in paths}
-        order = sorted(meta, key=lambda r: (meta[r]["non_embedding_params"], meta[r]["seed"], r))
+        order = sorted(meta, key=lambda r: (meta[r].non_embedding_params, meta[r].seed, r))
         windows = {p.name: pd.read_csv(w) for p, w in zip(paths, window_paths)}
         return cls(order, meta, fits, curves, read_trends(trends), pd.read_parquet(zsl_table), windows)
 
@@ -94,19 +95,19 @@ class StudyResults:
         return t
 
     def color(self, run: str):
-        sizes = list(dict.fromkeys(self.meta[r]["size"] for r in self.runs))
+        sizes = list(dict.fromkeys(self.meta[r].size for r in self.runs))
         cmap = plt.cm.viridis(np.linspace(0.05, 0.85, max(len(sizes), 2)))
-        return cmap[sizes.index(self.meta[run]["size"])]
+        return cmap[sizes.index(self.meta[run].size)]
 
     def label(self, run: str) -> str:
         m = self.meta[run]
-        seeds = {self.meta[r]["seed"] for r in self.runs}
-        return f"N = {fmt_n(m['non_embedding_params'])}" + (f", seed {m['seed']}" if len(seeds) > 1 else "")
+        seeds = {self.meta[r].seed for r in self.runs}
+        return f"N = {fmt_n(m.non_embedding_params)}" + (f", seed {m.seed}" if len(seeds) > 1 else "")
 
     def sparse(self, run: str) -> bool:
         """A suite whose curve is its evaluation loss at the listed revisions, not a per-step log."""
         m = self.meta[run]
-        return m.get("kind") == "suite" and not m["spec"]["curve"]
+        return m.is_suite and not m.spec["curve"]
 
     def t_d(self, run: str) -> float | None:
         """t_d of a run whose verdict is a break, else None."""
@@ -275,9 +276,9 @@ def summary_sections(res: StudyResults) -> list[Section]:
         "published values; the trends use them); the per-step t_d is the training's own break, the smoothing lag "
         "removed. Each number has a 95% bootstrap interval of its own estimand (docs/calibration.md says what they "
         "are worth); N counts non-embedding parameters."], run_lines(sizes) + [t.summary() for t in res.trends])]
-    suites = [r for r in res.runs if res.meta[r].get("kind") == "suite"]
+    suites = [r for r in res.runs if res.meta[r].is_suite]
     if suites:
-        out[0].bullets += [f"{r} is a published suite ({res.meta[r]['model']}); its curve is the {res.meta[r]['curve_source']}"
+        out[0].bullets += [f"{r} is a published suite ({res.meta[r].model}); its curve is the {res.meta[r].curve_source}"
                            for r in suites]
     caveats = []
     sparse = [r for r in suites if res.sparse(r)]

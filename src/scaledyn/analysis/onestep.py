@@ -30,14 +30,16 @@ import pandas as pd
 import torch
 from torch.func import functional_call, grad, jvp, vmap
 
-from . import checkpoint, losses, zsl
-from .data import TokenData
+from ..data.tokens import TokenData
+from ..errors import CheckpointError
+from ..layout import RunPaths
+from ..train import checkpoint
+from ..train.model import compute_device, load_model, token_losses, use_bf16
+from ..train.optim import lr_at, make_optimizer, set_lr
+from ..train.spec import RunSpec
+from . import losses, suites, zsl
 from .evaluate import per_token_losses
-from .errors import CheckpointError
-from .layout import RunPaths
-from .model import load_model, token_losses
-from .optim import lr_at, make_optimizer, set_lr
-from .options import RunSpec, ZslOptions
+from .options import ZslOptions
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,8 @@ class Setting:
 
     @classmethod
     def for_run(cls, spec: RunSpec, micro: int) -> "Setting":
-        cuda = torch.cuda.is_available()
-        bf16 = spec.precision == "bf16" or (spec.precision == "auto" and cuda)
-        return cls(torch.device("cuda" if cuda else "cpu"), micro, bf16 and cuda)
+        device = compute_device()  # bf16 only on a GPU: on a CPU everything is fp32
+        return cls(device, micro, use_bf16(spec.precision) and device.type == "cuda")
 
     def step_autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -306,4 +307,48 @@ def dt1_analysis(run_dir, step: int, data_dir, out, changes, options: ZslOptions
     zsl.write_table(agg, out)
     rows_ = pd.concat(changes_rows, ignore_index=True)
     losses.write_partition(changes, spec.name, step, {c: rows_[c].to_numpy() for c in rows_.columns}, "changes")
+    return agg
+
+
+# ----------------------------------------------------------------------------- suites: the gradient-direction view
+
+
+def unit(direction: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    norm = torch.sqrt(sum((d.double() ** 2).sum() for d in direction.values()))
+    return {n: d / norm.to(d.dtype) for n, d in direction.items()}
+
+
+def direction_analysis(revision, data_dir, out, options: ZslOptions | None = None) -> pd.DataFrame:
+    """What a step would do without the optimizer state that suites do not publish: on each
+    held-out batch, the first-order (JVP) per-token loss change along the batch's negative mean
+    gradient and along its sign (Adam's first steps move every coordinate by the same amount), on
+    that batch and on the evaluation set. D is scale-free; M and |dL| are per unit L2 distance in
+    parameter space. This is a gradient-direction measurement, not the Δt = 1 replay of a real step."""
+    options = options or ZslOptions.defaults()
+    suite, record = suites.read_revision(revision)
+    step = record["step"]
+    data = TokenData.open(data_dir)
+    if data.manifest["heldout_batches"] == 0:
+        raise CheckpointError("data: no held-out batches (data.heldout_batches is 0); the gradient view needs them")
+    device = compute_device()
+    model = suites.load(record).to(device).eval()
+    eval_tokens = torch.from_numpy(np.asarray(data.split("eval"), dtype=np.int64)).to(device)
+    rows = []
+    for k in range(data.manifest["heldout_batches"]):
+        tokens, _ = data.heldout_batch(k)
+        batch = torch.from_numpy(tokens.astype(np.int64)).to(device)
+        model.zero_grad(set_to_none=True)
+        accumulate_gradient(model, batch, options.batch_size)
+        g = {n: p.grad.detach().clone() for n, p in trainable(model).items() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        for variant, direction in (("grad-direction", unit({n: -v for n, v in g.items()})),
+                                   ("sign-direction", unit({n: -torch.sign(v) for n, v in g.items()}))):
+            full = {n: direction.get(n, torch.zeros_like(p)) for n, p in trainable(model).items()}
+            for split, x in (("heldout", batch), ("eval", eval_tokens)):
+                pred = jvp_predictions(model, x, full, options.batch_size).detach().cpu().numpy().astype(np.float64)
+                for gran, vals in (("token", pred.ravel()), ("sequence", pred.mean(axis=1))):
+                    rows.append({"variant": variant, "split": split, "granularity": gran, **zsl.metrics(vals)})
+    keys = {"run": suite.name, "size": suite.name, "seed": suite.seed, "step": step, "step_next": step, "dt": 0}
+    agg = zsl.batch_means(rows, keys, data.manifest["heldout_batches"])
+    zsl.write_table(agg, out)
     return agg

@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from . import atomic
-from .errors import DataError, SchemaMismatch
-from .hashing import sha256
-from .layout import GRANULARITIES, DataPaths, Layout, LossesPaths, RunPaths, partition, partition_steps, staging
+from .. import atomic
+from ..errors import DataError, SchemaMismatch
+from ..hashing import sha256
+from ..layout import GRANULARITIES, DataPaths, Layout, LossesPaths, RunPaths, partition, partition_steps, staging
+from ..records import RunRecord
 
 KEYS = [("run", pa.string(), "run name, <size>_s<seed>"),
         ("step", pa.int64(), "training step of the checkpoint (0 = before training)")]
@@ -130,6 +131,33 @@ def write_partition(dataset: str | Path, run: str, step: int, columns: dict, gra
     return path
 
 
+ZSL_COLUMNS = ["run", "size", "seed", "step", "step_next", "dt", "variant", "split", "granularity", "n",
+           "D", "M", "dL", "D_std", "M_std", "dL_std", "spread"]
+ZSL_DESCRIPTIONS = {  # the ZSL table's (zsl.py); declared here with the other tables, for schema.json
+    "run": "run name, <size>_s<seed>", "size": "model size name", "seed": "initialisation seed",
+    "step": "checkpoint the change starts from", "step_next": "checkpoint it ends at (step + 1 for dt=1)",
+    "dt": "step_next - step: the change's span in steps (0 for the direction predictions: no step is taken)",
+    "variant": "'dt=t' (checkpoint to checkpoint), 'dt=1' (one optimizer step), or 'grad-direction' / "
+               "'sign-direction' (suites: the JVP-predicted change along the held-out batch's mean gradient, or its "
+               "sign, per unit parameter distance; no optimizer state is published)",
+    "split": "'eval' or 'heldout'", "granularity": "'token' or 'sequence' (per-example unit of the changes)",
+    "n": "examples (dt=t) or held-out batches averaged (dt=1)",
+    "D": "destructive interference 1 - |sum x| / sum |x| of the per-example loss changes x",
+    "M": "mean |per-example loss change|, nats", "dL": "|change of the mean loss| = (1 - D) M, nats",
+    "D_std": "std of D (over example folds for dt=t, over held-out batches for dt=1)", "M_std": "std of M, likewise",
+    "dL_std": "std of dL, likewise", "spread": "what the _std columns are taken over",
+    "pred_corr_mean": "correlation of the JVP-predicted and the measured per-token changes (held-out batch)",
+    "D_pred_mean": "D of the JVP-predicted changes", "D_measured_mean": "D of the measured changes on the stepped batch",
+    "C_g_mean": "coordinate-wise interference sum_j |sum_i p_ij| / sum_j sum_i |p_ij|",
+    "C_g_shuffled_mean": "C_g with each token's terms given a random sign: its value when tokens push coordinates independently",
+    "D_grad_mean": "mean over non-embedding coordinates of 1 - |sum_i g_ij| / sum_i |g_ij|",
+    "D_grad_shuffled_mean": "D_grad with each token's gradient given a random sign (the chance level)",
+    "coord_tokens_mean": "tokens the coordinate-wise measures use", "coord_params_mean": "coordinates they use",
+    "coord_skipped": "why the coordinate-wise measures were skipped", "lr": "learning rate of the step",
+    "lr_note": "a note on that rate",
+}
+
+
 def check_writable(dataset: str | Path) -> None:
     """Fail now, with the OS's reason, if files of `dataset` cannot be written (before a long
     computation, not after it)."""
@@ -141,12 +169,10 @@ def check_writable(dataset: str | Path) -> None:
 
 
 def schema_doc() -> dict:
-    from .zsl import DESCRIPTIONS
-
     return {"layout": "one zstd Parquet file per (run, checkpoint): <granularity>/<run>/step_<step>.parquet; "
                       "run and step are columns of every file",
             **{g: {n: {"type": str(t), "description": d} for n, t, d in f} for g, f in FIELDS.items()},
-            "zsl": DESCRIPTIONS}
+            "zsl": ZSL_DESCRIPTIONS}
 
 
 def dataset(root, granularity: str = "sequences") -> ds.Dataset:
@@ -177,13 +203,12 @@ def steps_of(root, granularity: str, run: str) -> list[int]:
 def write_run_table(run_dirs, out, study: str = "") -> pa.Table:
     rows = []
     for d in run_dirs:
-        meta = json.loads(RunPaths(d).run_json.read_text())
+        r = RunRecord.read(RunPaths(d).run_json)
         rows.append({
-            "run": meta["run"], "study": study, "size": meta["size"], "seed": meta["seed"],
-            "total_params": meta["total_params"], "non_embedding_params": meta["non_embedding_params"],
-            "d_model": meta["d_model"], "n_layers": meta["n_layers"], "n_heads": meta["n_heads"],
-            "vocab_size": meta["vocab_size"], "steps": meta["steps"], "tokens_per_step": meta["tokens_per_step"],
-            "config_hash": sha256(meta["spec"])[:16], "data_manifest_sha256": meta["data_manifest_sha256"],
+            "run": r.run, "study": study, "size": r.size, "seed": r.seed, "total_params": r.total_params,
+            "non_embedding_params": r.non_embedding_params, "d_model": r.d_model, "n_layers": r.n_layers,
+            "n_heads": r.n_heads, "vocab_size": r.vocab_size, "steps": r.steps, "tokens_per_step": r.tokens_per_step,
+            "config_hash": sha256(r.spec)[:16], "data_manifest_sha256": r.data_manifest_sha256,
         })
     table = pa.Table.from_pylist(rows, schema=schema("runs"))
     with atomic.atomic_path(out) as tmp:
@@ -213,7 +238,7 @@ Read a granularity folder with any Parquet reader; run and step are columns of e
     DuckDB     SELECT * FROM read_parquet('tokens/**/*.parquet')
     Polars     pl.scan_parquet("tokens/**/*.parquet")
     datasets   load_dataset("parquet", data_files="tokens/**/*.parquet")
-    scaledyn   scaledyn.losses.read_export("<this folder or archive>")
+    scaledyn   scaledyn.analysis.losses.read_export("<this folder or archive>")
 """
 
 
@@ -248,7 +273,7 @@ def export(results, out, runs=None) -> Path:
 
 
 def _examples(data: DataPaths) -> pa.Table:
-    from .data import TokenData
+    from ..data.tokens import TokenData
 
     td, cols = TokenData.open(data.dir), {"split": [], "example_id": [], "token_ids": []}
     for split in ("eval", "heldout"):

@@ -15,35 +15,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import atomic, losses
+from .. import atomic
+from . import losses
 
 METRICS = ("D", "M", "dL")
 FOLDS = 5
-COLUMNS = ["run", "size", "seed", "step", "step_next", "dt", "variant", "split", "granularity", "n",
-           "D", "M", "dL", "D_std", "M_std", "dL_std", "spread"]
-DESCRIPTIONS = {
-    "run": "run name, <size>_s<seed>", "size": "model size name", "seed": "initialisation seed",
-    "step": "checkpoint the change starts from", "step_next": "checkpoint it ends at (step + 1 for dt=1)",
-    "dt": "step_next - step: the change's span in steps (0 for the direction predictions: no step is taken)",
-    "variant": "'dt=t' (checkpoint to checkpoint), 'dt=1' (one optimizer step), or 'grad-direction' / "
-               "'sign-direction' (suites: the JVP-predicted change along the held-out batch's mean gradient, or its "
-               "sign, per unit parameter distance; no optimizer state is published)",
-    "split": "'eval' or 'heldout'", "granularity": "'token' or 'sequence' (per-example unit of the changes)",
-    "n": "examples (dt=t) or held-out batches averaged (dt=1)",
-    "D": "destructive interference 1 - |sum x| / sum |x| of the per-example loss changes x",
-    "M": "mean |per-example loss change|, nats", "dL": "|change of the mean loss| = (1 - D) M, nats",
-    "D_std": "std of D (over example folds for dt=t, over held-out batches for dt=1)", "M_std": "std of M, likewise",
-    "dL_std": "std of dL, likewise", "spread": "what the _std columns are taken over",
-    "pred_corr_mean": "correlation of the JVP-predicted and the measured per-token changes (held-out batch)",
-    "D_pred_mean": "D of the JVP-predicted changes", "D_measured_mean": "D of the measured changes on the stepped batch",
-    "C_g_mean": "coordinate-wise interference sum_j |sum_i p_ij| / sum_j sum_i |p_ij|",
-    "C_g_shuffled_mean": "C_g with each token's terms given a random sign: its value when tokens push coordinates independently",
-    "D_grad_mean": "mean over non-embedding coordinates of 1 - |sum_i g_ij| / sum_i |g_ij|",
-    "D_grad_shuffled_mean": "D_grad with each token's gradient given a random sign (the chance level)",
-    "coord_tokens_mean": "tokens the coordinate-wise measures use", "coord_params_mean": "coordinates they use",
-    "coord_skipped": "why the coordinate-wise measures were skipped", "lr": "learning rate of the step",
-    "lr_note": "a note on that rate",
-}
 
 
 def metrics(x) -> dict[str, float]:
@@ -74,7 +50,7 @@ def batch_means(rows: list[dict], keys: dict, batches: int) -> pd.DataFrame:
     for col, value in keys.items():
         agg[col] = value
     agg["spread"] = f"std over {batches} held-out batches"
-    return agg[COLUMNS]
+    return agg[losses.ZSL_COLUMNS]
 
 
 def log2_pairs(steps) -> list[tuple[int, int]]:
@@ -111,7 +87,7 @@ def dtt_table(losses_root, run: str, out, pairs: str = "log2") -> pd.DataFrame:
                 rows.append({"run": run, "size": size, "seed": seed, "step": t, "step_next": t2, "dt": t2 - t, "variant": "dt=t",
                              "split": split, "granularity": gran, "n": len(vals), **metrics(vals),
                              **fold_spread(vals, ids % FOLDS), "spread": f"std over {FOLDS} example folds"})
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=losses.ZSL_COLUMNS)
     write_table(df, out)
     return df
 
@@ -120,7 +96,7 @@ def write_table(df: pd.DataFrame, out) -> None:
     """Parquet, and CSV beside it for people who open tables in a spreadsheet."""
     out = Path(out)
     with atomic.atomic_path(out) as tmp:
-        pq.write_table(losses.described(pa.Table.from_pandas(df, preserve_index=False), DESCRIPTIONS), tmp,
+        pq.write_table(losses.described(pa.Table.from_pandas(df, preserve_index=False), losses.ZSL_DESCRIPTIONS), tmp,
                        compression="zstd")
     with atomic.atomic_path(out.with_suffix(".csv")) as tmp:
         df.to_csv(tmp, index=False)

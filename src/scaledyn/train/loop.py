@@ -17,24 +17,24 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from . import atomic, checkpoint
-from .data import TokenData
-from .errors import CheckpointError, DataError, Diverged, RunLocked
-from .hashing import sha256
+from .. import atomic
+from ..data.tokens import TokenData
+from ..errors import DataError, Diverged, Preempted, RunLocked
+from ..hashing import sha256
+from ..layout import DataPaths, RunPaths
+from ..records import RunRecord
+from . import checkpoint
 from .launch import accelerator, whereabouts
-from .layout import DataPaths, RunPaths
-from .model import build_model, param_counts
+from .model import build_model, param_counts, use_bf16
 from .optim import lr_at, make_optimizer, set_lr
-from .options import RunSpec
+from .spec import RunSpec
 
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: the job saved a resume checkpoint and wants to be retried
 LOG_FIELDS = ["step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "data_pass"]
 
 
@@ -143,6 +143,14 @@ class RunLock:
     def __init__(self, path):
         self.path, self.file = path, None
 
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:  # closing the file releases the lock
+            self.file.close()
+            self.file = None
+
     def acquire(self, run: str) -> None:
         f = open(self.path, "a+")
         try:
@@ -172,30 +180,11 @@ class StopFlag:
         self.requested = True
 
 
-def resume(ckpt: checkpoint.Checkpointer, model, optimizer, logged: int) -> int:
-    """Restore the newest intact checkpoint that the training log covers (rows 1..`logged`); the
-    step it was taken at (0 for a fresh run). Damaged checkpoints are skipped with a warning; one
-    from another run spec stops the run."""
-    for path in ckpt.resumable():
-        step = int(path.name[5:])
-        if step > logged:
-            print(f"{ckpt.spec.name}: checkpoint {path} is ahead of the training log (intact through step {logged}); "
-                  "resuming from an earlier one so that the log has no gap", file=sys.stderr)
-            continue
-        try:
-            return ckpt.restore(path, model, optimizer)
-        except checkpoint.SpecMismatch:
-            raise
-        except CheckpointError as e:
-            checkpoint.warn_skip(path, e)
-    return 0
-
-
-def take_run(spec: RunSpec, acc, paths: RunPaths, ckpt: checkpoint.Checkpointer) -> tuple[list[dict], int, RunLock]:
-    """The main process locks the run (the caller holds the returned lock while it trains), removes
-    what killed saves left, refuses a run that diverged before, and reads the log (its intact
-    rows); every process learns how many there are."""
-    rows, error, lock = [], None, RunLock(paths.lock)
+def take_run(spec: RunSpec, acc, paths: RunPaths, ckpt: checkpoint.Checkpointer, lock: RunLock) -> tuple[list[dict], int]:
+    """The main process locks the run (the caller holds the lock while it trains), removes what
+    killed saves left, refuses a run that diverged before, and reads the log (its intact rows);
+    every process learns how many there are."""
+    rows, error = [], None
     if acc.is_main_process:
         try:
             lock.acquire(spec.name)
@@ -211,26 +200,27 @@ def take_run(spec: RunSpec, acc, paths: RunPaths, ckpt: checkpoint.Checkpointer)
         if error:
             raise error
         sys.exit(1)  # the main process reports why
-    return rows, logged, lock
+    return rows, logged
 
 
-def finish_run(spec: RunSpec, paths: RunPaths, counts: dict, vocab: int, ranks: list[dict], bf16: bool) -> dict:
+def finish_run(spec: RunSpec, paths: RunPaths, counts: dict, vocab: int, ranks: list[dict], bf16: bool) -> RunRecord:
     """The complete log beside run.json, the workflow's markers, and run.json itself."""
     checkpoint.Checkpointer(spec, counts).mark_all()
     atomic.write_text(paths.train_log, paths.live_log.read_text())
-    result = {"run": spec.name, "size": spec.size.name, "seed": spec.seed, **counts, "vocab_size": vocab, "d_model": spec.size.d_model,
-              "n_layers": spec.size.n_layers, "n_heads": spec.size.n_heads, "steps": spec.steps,
-              "tokens_per_step": spec.batch_size * spec.seq_len, "processes": len(ranks), "ranks": ranks, "precision": "bf16" if bf16 else "fp32",
-              "data_manifest_sha256": sha256(DataPaths(spec.data_dir).manifest),
-              "spec": checkpoint.json_norm(asdict(spec))}
-    atomic.write_json(paths.run_json, result)
-    return result
+    record = RunRecord(run=spec.name, size=spec.size.name, seed=spec.seed, **counts, vocab_size=vocab,
+                       d_model=spec.size.d_model, n_layers=spec.size.n_layers, n_heads=spec.size.n_heads, steps=spec.steps,
+                       tokens_per_step=spec.batch_size * spec.seq_len, processes=len(ranks), ranks=ranks,
+                       precision="bf16" if bf16 else "fp32", data_manifest_sha256=sha256(DataPaths(spec.data_dir).manifest),
+                       spec=spec.to_dict())
+    record.write(paths.run_json)
+    return record
 
 
-def train(spec: RunSpec) -> dict:
+def train(spec: RunSpec) -> RunRecord | None:
+    """Train (or resume) one run; its RunRecord on the main process, None on the others."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    bf16 = spec.precision == "bf16" or (spec.precision == "auto" and torch.cuda.is_available())
+    bf16 = use_bf16(spec.precision)
     acc, paths = accelerator(bf16), RunPaths(spec.run_dir)
     paths.state.mkdir(parents=True, exist_ok=True)
     data = TokenData.open(spec.data_dir)  # checked before anything is built
@@ -240,52 +230,51 @@ def train(spec: RunSpec) -> dict:
     counts = param_counts(model)
     optimizer = make_optimizer(model, spec)
     ckpt = checkpoint.Checkpointer(spec, counts)
-    rows, logged, lock = take_run(spec, acc, paths, ckpt)  # noqa: F841  (held until training ends)
-    start = resume(ckpt, model, optimizer, logged)
-    if start and acc.is_main_process:
-        print(f"{spec.name}: resuming from checkpoint {paths.checkpoint(start)} at step {start}", file=sys.stderr)
-    model.tie_weights()
-    model, optimizer = acc.prepare(torch.compile(model) if spec.compile else model, optimizer)
-    log = TrainLog(paths.live_log, rows[:start]) if acc.is_main_process else None
-    stop, tokens_per_step = StopFlag(), spec.batch_size * spec.seq_len
-    save = lambda step, kind: save_everywhere(acc, ckpt, log, model, optimizer, step, kind)  # noqa: E731
-    model.train()
-    bar = tqdm(range(start + 1, spec.steps + 1), initial=start, total=spec.steps, desc=spec.name,
-               disable=not acc.is_main_process, mininterval=1.0)
-    t_last = time.perf_counter()
-    for step in bar:
-        # determine and set the learning rate for this update
-        lr = set_lr(optimizer, lr_at(spec, step))
-        # forward, backward, update (never with a non-finite loss or gradient: stop, keep the last good checkpoint)
-        loss, grad_norm = update(acc, model, optimizer, batches(step), spec.grad_clip)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            diverged(spec, paths, log, step, loss, grad_norm)
-        # logging
-        now = time.perf_counter()
-        tps, t_last = tokens_per_step / max(now - t_last, 1e-9), now
-        if acc.is_main_process:
-            log.append({"step": step, "tokens": step * tokens_per_step, "loss": f"{loss:.6f}", "lr": f"{lr:.6g}",
-                        "grad_norm": f"{grad_norm:.6g}", "tokens_per_s": f"{tps:.1f}", "data_pass": batches.order.data_pass(step)})
-            if step % spec.flush_every == 0:
-                log.flush()
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-        # checkpointing and termination (pre-emption: save, exit 75, be retried)
-        if step in ckpt.scheduled:
-            save(step, "final" if step == spec.steps else "scheduled")
-        if _any_rank(acc, stop.requested) and step < spec.steps:
-            if step not in ckpt.scheduled:
-                save(step, "resume")
-            bar.close()
+    with RunLock(paths.lock) as lock:  # held until training ends
+        rows, logged = take_run(spec, acc, paths, ckpt, lock)
+        start = ckpt.resume(model, optimizer, logged)
+        if start and acc.is_main_process:
+            print(f"{spec.name}: resuming from checkpoint {paths.checkpoint(start)} at step {start}", file=sys.stderr)
+        model.tie_weights()
+        model, optimizer = acc.prepare(torch.compile(model) if spec.compile else model, optimizer)
+        log = TrainLog(paths.live_log, rows[:start]) if acc.is_main_process else None
+        stop, tokens_per_step = StopFlag(), spec.batch_size * spec.seq_len
+        save = lambda step, kind: save_everywhere(acc, ckpt, log, model, optimizer, step, kind)  # noqa: E731
+        model.train()
+        bar = tqdm(range(start + 1, spec.steps + 1), initial=start, total=spec.steps, desc=spec.name,
+                   disable=not acc.is_main_process, mininterval=1.0)
+        t_last = time.perf_counter()
+        for step in bar:
+            # determine and set the learning rate for this update
+            lr = set_lr(optimizer, lr_at(spec, step))
+            # forward, backward, update (never with a non-finite loss or gradient: stop, keep the last good checkpoint)
+            loss, grad_norm = update(acc, model, optimizer, batches(step), spec.grad_clip)
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                diverged(spec, paths, log, step, loss, grad_norm)
+            # logging
+            now = time.perf_counter()
+            tps, t_last = tokens_per_step / max(now - t_last, 1e-9), now
             if acc.is_main_process:
-                print(f"{spec.name}: stop requested; saved step {step}, exiting {PREEMPTED_EXIT} to be retried", file=sys.stderr)
-            sys.exit(PREEMPTED_EXIT)
-    bar.close()
-    result, ranks = {}, gather_object([whereabouts(acc.process_index)])
-    if acc.is_main_process:
-        log.flush()
-        result = finish_run(spec, paths, counts, data.model_vocab_size, ranks, bf16)
-    acc.wait_for_everyone()
-    return result
+                log.append({"step": step, "tokens": step * tokens_per_step, "loss": f"{loss:.6f}", "lr": f"{lr:.6g}",
+                            "grad_norm": f"{grad_norm:.6g}", "tokens_per_s": f"{tps:.1f}", "data_pass": batches.order.data_pass(step)})
+                if step % spec.flush_every == 0:
+                    log.flush()
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+            # checkpointing and termination (pre-emption: save, exit 75, be retried)
+            if step in ckpt.scheduled:
+                save(step, "final" if step == spec.steps else "scheduled")
+            if _any_rank(acc, stop.requested) and step < spec.steps:
+                if step not in ckpt.scheduled:
+                    save(step, "resume")
+                bar.close()
+                raise Preempted(f"{spec.name}: stop requested; saved step {step}, exiting {Preempted.exit_code} to be retried")
+        bar.close()
+        result, ranks = None, gather_object([whereabouts(acc.process_index)])
+        if acc.is_main_process:
+            log.flush()
+            result = finish_run(spec, paths, counts, data.model_vocab_size, ranks, bf16)
+        acc.wait_for_everyone()
+        return result
 
 
 def save_everywhere(acc, ckpt, log, model, optimizer, step: int, kind: str) -> None:

@@ -22,8 +22,8 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
 
-from . import atomic
-from .errors import CurveError
+from .. import atomic
+from ..records import RunRecord
 from .fit import BrokenPowerLawFit
 
 TARGETS = {"log L_d": ("L_d", True), "r_d": ("r_d", False), "c0": ("c0", False)}  # target: (quantity, log scale)
@@ -144,7 +144,7 @@ SIZE_COLUMNS = ["run", "size", "seed", "N", "N_total", "verdict", "p_value", "t_
                 "L_T_hat_hi", "L_T", "rsle", "other_basin", "warnings"]
 
 
-def per_size_table(fits: list[BrokenPowerLawFit], runs: list[dict]) -> pd.DataFrame:
+def per_size_table(fits: list[BrokenPowerLawFit], runs: list[RunRecord]) -> pd.DataFrame:
     """One row per run: the broken fit's quantities (whatever the verdict; `verdict` says whether
     they describe a break), each with the interval of its own estimand, bootstrap standard errors on
     the trend's scales, and the fit's warning codes. t_d, L_d, r_d and L_T_hat describe the smoothed
@@ -152,8 +152,8 @@ def per_size_table(fits: list[BrokenPowerLawFit], runs: list[dict]) -> pd.DataFr
     rows = []
     for f, r in zip(fits, runs):
         d, ci, se = f.derived(), f.conf_int(), f.stderr()
-        row = {"run": r["run"], "size": r["size"], "seed": r["seed"], "N": r["non_embedding_params"],
-               "N_total": r["total_params"], "verdict": f.verdict, "p_value": f.test.p_value,
+        row = {"run": r.run, "size": r.size, "seed": r.seed, "N": r.non_embedding_params,
+               "N_total": r.total_params, "verdict": f.verdict, "p_value": f.test.p_value,
                "c1": d["c1"], "f1": d["f1"], "slope_ratio": d["slope_ratio"],
                "L_T": f.L_T, "rsle": f.broken.rsle, "other_basin": f.other_basin,
                "warnings": " ".join(w["code"] for w in f.warnings())}
@@ -200,12 +200,7 @@ def summary_text(sizes: pd.DataFrame, trends: list[ScalingTrend], alpha: float =
 
 def fit_scaling_files(fit_paths, run_paths, out_sizes, out_trends, out_summary) -> tuple[pd.DataFrame, list[ScalingTrend]]:
     fits = [BrokenPowerLawFit.read(p) for p in fit_paths]
-    runs = []
-    for p in run_paths:
-        try:
-            runs.append(json.loads(Path(p).read_text()))
-        except (OSError, ValueError) as e:
-            raise CurveError(f"{p}: run metadata unreadable ({e})") from None
+    runs = [RunRecord.read(p) for p in run_paths]
     sizes = per_size_table(fits, runs)
     trends = [fit_trend(sizes, t) for t in TARGETS]
     with atomic.atomic_path(out_sizes) as tmp:

@@ -22,19 +22,18 @@ import random
 import shutil
 import sys
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from . import atomic
-from .errors import CheckpointError, WriteError
+from .. import atomic
+from ..errors import CheckpointError, WriteError
+from ..layout import DataPaths, RunPaths, step_of
 from .launch import node_name
-from .layout import DataPaths, RunPaths
 from .optim import depends_on_total
-from .options import RunSpec
+from .spec import RunSpec
 
 COMPLETE = "COMPLETE"
 STATE = "scaledyn_state.json"
@@ -70,11 +69,6 @@ def read_state(path: Path) -> dict:
     if missing:
         raise CheckpointError(f"checkpoint {path}: {file.name} lacks {', '.join(missing)}")
     return state
-
-
-def json_norm(v):
-    """Tuples become lists, as they are in a checkpoint's JSON."""
-    return json.loads(json.dumps(v))
 
 
 def _numpy_arrays():
@@ -126,7 +120,7 @@ def set_rng_state(rng: dict) -> None:
 
 
 def check_compatible(spec: RunSpec, state: dict, path: Path) -> None:
-    old, new = state["spec"], json_norm(asdict(spec))
+    old, new = state["spec"], spec.to_dict()
     changed = [k for k in new if k not in RunSpec.RESUMABLE and new[k] != old.get(k)]
     if old["steps"] != spec.steps and depends_on_total(spec.schedule):
         changed.append("steps (the schedule depends on the total)")
@@ -151,7 +145,7 @@ class Checkpointer:
     def save(self, step: int, kind: str, model, optimizer) -> Path:
         """Write checkpoint `step` atomically, mark it if scheduled, prune what is no longer needed."""
         state = {"step": step, "tokens_seen": step * self.spec.batch_size * self.spec.seq_len, "kind": kind,
-                 "run": self.spec.name, "node": node_name(), "spec": json_norm(asdict(self.spec)), **self.counts}
+                 "run": self.spec.name, "node": node_name(), "spec": self.spec.to_dict(), **self.counts}
         path = self.paths.checkpoint(step)
         try:
             with atomic.atomic_dir(path) as tmp:
@@ -226,3 +220,21 @@ class Checkpointer:
         except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
             raise CheckpointError(f"checkpoint {path}: its state does not fit this run ({type(e).__name__}: {e})") from None
         return state["step"]
+
+    def resume(self, model, optimizer, logged: int) -> int:
+        """Restore the newest intact checkpoint that the training log covers (rows 1..`logged`); the
+        step it was taken at (0 for a fresh run). Damaged checkpoints are skipped with a warning; one
+        from another run spec stops the run."""
+        for path in self.resumable():
+            step = step_of(path.name)
+            if step > logged:
+                print(f"{self.spec.name}: checkpoint {path} is ahead of the training log (intact through step {logged}); "
+                      "resuming from an earlier one so that the log has no gap", file=sys.stderr)
+                continue
+            try:
+                return self.restore(path, model, optimizer)
+            except SpecMismatch:
+                raise
+            except CheckpointError as e:
+                warn_skip(path, e)
+        return 0

@@ -7,18 +7,18 @@ process gathers them, so every example appears exactly once.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from . import checkpoint, losses
-from .data import TokenData
-from .errors import CheckpointError
-from .launch import accelerator
-from .layout import GRANULARITIES, LossesPaths, RunPaths
-from .model import load_model, token_losses
+from ..data.tokens import TokenData
+from ..errors import CheckpointError
+from ..layout import GRANULARITIES, LossesPaths, RunPaths
+from ..train import checkpoint
+from ..train.launch import accelerator
+from ..train.model import load_model, token_losses
+from . import losses
 from .options import EvaluateOptions
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from .errors import CurveError
+from ..errors import CurveError
 
 BNSL_PARAMS = ("log_b", "c0", "c1", "log_d1", "f1")
 SAT_PARAMS = ("log_E", "alpha", "log_t_star")

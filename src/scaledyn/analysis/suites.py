@@ -17,17 +17,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
-from . import atomic, losses, zsl
-from .curve import read_curve_csv
-from .data import TokenData
-from .errors import CheckpointError, SuiteError
-from .hashing import sha256
-from .layout import DataPaths
-from .options import EvaluateOptions, Suite, ZslOptions
+from .. import atomic
+from ..errors import SuiteError
+from ..hashing import sha256
+from ..layout import DataPaths
+from ..records import RunRecord
+from ..stats.curve import read_curve_csv
+from . import losses
+from .options import EvaluateOptions, Suite
 
 # What a revision needs: config, weights (safetensors, or .bin where a suite has only those),
 # tokenizer. Everything else a repository holds (other formats, training states) is not fetched.
@@ -130,7 +130,7 @@ def check_vocabulary(suite: Suite, revision_dir: Path, tokenizer) -> None:
 def check_local_suite(suite: Suite, tokenizer_name: str | None) -> None:
     """At config time, for a local suite: every listed revision is there, and a local data
     tokenizer is the suite's. (Hub suites are checked by their fetch jobs, before any evaluation.)"""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if not is_local(suite):
         return
@@ -168,17 +168,17 @@ def read_revision(path) -> tuple[Suite, dict]:
 def load(record: dict) -> torch.nn.Module:
     """The revision's model in fp32 (bf16 autocast on GPUs comes from the caller), from the local
     path the fetch job recorded: no network."""
-    from .model import load_model
+    from ..train.model import load_model
 
     return load_model(record["path"], ours=False, dtype=torch.float32)
 
 
-def write_meta(revision, data_dir, out) -> dict:
+def write_meta(revision, data_dir, out) -> RunRecord:
     """run.json of a suite, from the architecture of its newest listed revision (built on the meta
     device: no weights are read), in the fields the run table and the trends read."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .model import param_counts
+    from ..train.model import param_counts
 
     suite, record = read_revision(revision)
     cfg = AutoConfig.from_pretrained(record["path"])
@@ -187,13 +187,13 @@ def write_meta(revision, data_dir, out) -> dict:
     if suite.non_embedding_params:
         counts["non_embedding_params"] = suite.non_embedding_params
     text = cfg.get_text_config()
-    meta = {"run": suite.name, "kind": "suite", "model": suite.model, "size": suite.name, "seed": suite.seed, **counts,
-            "vocab_size": text.vocab_size, "d_model": text.hidden_size, "n_layers": text.num_hidden_layers,
-            "n_heads": text.num_attention_heads, "steps": max(suite.steps), "tokens_per_step": suite.tokens_per_step,
-            "curve_source": curve_source(suite), "data_manifest_sha256": sha256(DataPaths(data_dir).manifest),
-            "spec": asdict(suite)}
-    atomic.write_json(out, meta)
-    return meta
+    record = RunRecord(run=suite.name, kind="suite", model=suite.model, size=suite.name, seed=suite.seed, **counts,
+                       vocab_size=text.vocab_size, d_model=text.hidden_size, n_layers=text.num_hidden_layers,
+                       n_heads=text.num_attention_heads, steps=max(suite.steps), tokens_per_step=suite.tokens_per_step,
+                       curve_source=curve_source(suite), data_manifest_sha256=sha256(DataPaths(data_dir).manifest),
+                       spec=json.loads(json.dumps(asdict(suite))))
+    record.write(out)
+    return record
 
 
 def curve_source(suite: Suite) -> str:
@@ -225,49 +225,3 @@ def evaluate(revision, data_dir, out, options: EvaluateOptions | None = None) ->
     suite, record = read_revision(revision)
     meta = {"size": suite.name, "seed": suite.seed, "tokens_seen": record["tokens_seen"]}
     evaluate_model(lambda: load(record), suite.name, record["step"], meta, data_dir, out, options, record["path"])
-
-
-# ----------------------------------------------------------------------------- gradient view
-
-
-def unit(direction: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    norm = torch.sqrt(sum((d.double() ** 2).sum() for d in direction.values()))
-    return {n: d / norm.to(d.dtype) for n, d in direction.items()}
-
-
-def direction_analysis(revision, data_dir, out, options: ZslOptions | None = None) -> pd.DataFrame:
-    """What a step would do without the optimizer state that suites do not publish: on each
-    held-out batch, the first-order (JVP) per-token loss change along the batch's negative mean
-    gradient and along its sign (Adam's first steps move every coordinate by the same amount), on
-    that batch and on the evaluation set. D is scale-free; M and |dL| are per unit L2 distance in
-    parameter space. This is a gradient-direction measurement, not the Δt = 1 replay of a real step."""
-    from .onestep import accumulate_gradient, jvp_predictions, trainable
-
-    options = options or ZslOptions.defaults()
-    suite, record = read_revision(revision)
-    step = record["step"]
-    data = TokenData.open(data_dir)
-    if data.manifest["heldout_batches"] == 0:
-        raise CheckpointError("data: no held-out batches (data.heldout_batches is 0); the gradient view needs them")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load(record).to(device).eval()
-    eval_tokens = torch.from_numpy(np.asarray(data.split("eval"), dtype=np.int64)).to(device)
-    rows = []
-    for k in range(data.manifest["heldout_batches"]):
-        tokens, _ = data.heldout_batch(k)
-        batch = torch.from_numpy(tokens.astype(np.int64)).to(device)
-        model.zero_grad(set_to_none=True)
-        accumulate_gradient(model, batch, options.batch_size)
-        g = {n: p.grad.detach().clone() for n, p in trainable(model).items() if p.grad is not None}
-        model.zero_grad(set_to_none=True)
-        for variant, direction in (("grad-direction", unit({n: -v for n, v in g.items()})),
-                                   ("sign-direction", unit({n: -torch.sign(v) for n, v in g.items()}))):
-            full = {n: direction.get(n, torch.zeros_like(p)) for n, p in trainable(model).items()}
-            for split, x in (("heldout", batch), ("eval", eval_tokens)):
-                pred = jvp_predictions(model, x, full, options.batch_size).detach().cpu().numpy().astype(np.float64)
-                for gran, vals in (("token", pred.ravel()), ("sequence", pred.mean(axis=1))):
-                    rows.append({"variant": variant, "split": split, "granularity": gran, **zsl.metrics(vals)})
-    keys = {"run": suite.name, "size": suite.name, "seed": suite.seed, "step": step, "step_next": step, "dt": 0}
-    agg = zsl.batch_means(rows, keys, data.manifest["heldout_batches"])
-    zsl.write_table(agg, out)
-    return agg

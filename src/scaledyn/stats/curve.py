@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CurveError
+from ..errors import CurveError
 
 DUPLICATE_POLICIES = ("last", "first", "mean", "error")
 INPUT_KINDS = ("auto", "no", "log-ma", "other")  # what was done to the curve before it reached us

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .options import RunSpec, Schedule
+from .spec import RunSpec, Schedule
 
 
 def lr_factor(s: Schedule, t: int, total: int) -> float:

@@ -13,8 +13,19 @@ from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()  # per-shard bars would drown the training bar
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .sizes import Size
+
+
+def use_bf16(precision: str) -> bool:
+    """bf16 mixed precision for `train.precision`: always with "bf16", on a GPU with "auto"; the one
+    place this is decided (training and the one-step replay take the same step)."""
+    return precision == "bf16" or (precision == "auto" and torch.cuda.is_available())
+
+
+def compute_device() -> torch.device:
+    """Where the analyses compute: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def model_config(size: Size, vocab_size: int, eos_token_id: int = 0) -> LlamaConfig:

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import atomic
+from .. import atomic
+from ..errors import CurveError
 from .breaktest import NOISE_FREE, BreakTest, break_test, slope_ratio, smooth_null
 from .curve import Curve, Preprocessing, WindowMeans, fit_points, read_curve_csv
-from .errors import CurveError
 from .noise import CurveSimulator
 from .options import FitOptions
 from .powerlaws import BNSL_PARAMS, LAWS, SHARPNESS_BOUNDS, LawFit, bnsl_log, fit_bnsl, refine_bnsl, sat_log

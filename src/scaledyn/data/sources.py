@@ -1,0 +1,215 @@
+"""The corpus as documents in a fixed order, cut into contiguous slices: the running Python's
+standard library, installed packages' sources, local files, or a Hugging Face dataset streamed by name."""
+
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..hashing import sha256
+from .options import DataOptions
+
+
+def stdlib_files() -> list[Path]:
+    """The running Python's own standard-library sources and test suite, UTF-8 files only (about
+    31 MB, 10M tokens at a 2,048-token BPE: enough for the default study's single pass), without
+    site-packages, which differ from machine to machine."""
+    return _python_files(Path(sysconfig.get_paths()["stdlib"]), skip={"site-packages", "dist-packages"})
+
+
+def package_dir(name: str, i: int = 0) -> Path:
+    """Where an installed package's modules are, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"config: data.packages[{i}]: {name!r} is not an installed package (a directory of modules) "
+                        "in this Python environment")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def package_files(names: list[str]) -> list[Path]:
+    """The Python sources of installed packages, package by package in the order named: tens of
+    millions of tokens offline (transformers, torch, pandas and sympy: about 50M at BPE 2,048),
+    for runs that need one pass over more text than the standard library holds."""
+    return [p for i, name in enumerate(names) for p in _python_files(package_dir(name, i))]
+
+
+def _python_files(root: Path, skip=frozenset()) -> list[Path]:
+    files = []
+    for d, dirs, names in os.walk(root):  # pruned, unlike rglob, which would walk all of site-packages
+        dirs[:] = [x for x in dirs if x not in skip and x != "__pycache__"]
+        files += [Path(d, n) for n in names if n.endswith(".py")]
+    return sorted(p for p in files if _is_utf8(p))
+
+
+def _is_utf8(path: Path) -> bool:
+    """The test suite holds a few files in other encodings on purpose; they are left out."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _expand(patterns: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern, recursive=True))
+        if not matched:
+            raise DataError(f"config: data.files.paths: {pattern!r} matches no file")
+        paths.extend(Path(m) for m in matched if Path(m).is_file())
+    if not paths:
+        raise DataError("config: data.files.paths: no regular files matched")
+    return paths
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"corpus file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"corpus file {path}: cannot be read ({e.strerror})") from None
+
+
+def _file_documents(path: Path, fmt: str, field: str):
+    """Documents of one corpus file, in order; empty ones are yielded too (as "") to be counted."""
+    if fmt == "text":
+        yield _read_text(path)
+        return
+    if fmt == "jsonl":
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"corpus file {path}, line {i}: not UTF-8 text ({e.reason})") from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"corpus file {path}, line {i}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict) or field not in row:
+                    raise DataError(f"corpus file {path}, line {i}: no field {field!r} (set data.files.field)")
+                yield "" if row[field] is None else str(row[field])
+        return
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"corpus file {path}: not a readable Parquet file ({e})") from None
+    if field not in pf.schema_arrow.names:
+        raise DataError(f"corpus file {path}: no column {field!r}; columns are {pf.schema_arrow.names} (set data.files.field)")
+    for batch in pf.iter_batches(columns=[field], batch_size=1024):
+        yield from ("" if x is None else str(x) for x in batch.column(0).to_pylist())
+
+
+class Source:
+    """The documents of a study's corpus, in a fixed order, cut into contiguous slices."""
+
+    def __init__(self, data: DataOptions):
+        self.data = data
+        self.kind = data.source
+
+    def _files(self) -> list[Path]:
+        if self.kind in ("stdlib", "packages"):
+            files = stdlib_files() if self.kind == "stdlib" else package_files(self.data.packages)
+        else:
+            files = _expand(self.data.files["paths"])
+        one_doc_per_file = self._python_sources() or self.data.files["format"] == "text"
+        return files[: self.data.max_documents] if self.data.max_documents and one_doc_per_file else files
+
+    def slices(self) -> int:
+        """A cap on documents that are not one per file can only be applied in one pass."""
+        if self.data.max_documents and not self._doc_per_unit():
+            return 1
+        return self.data.slices
+
+    def _doc_per_unit(self) -> bool:
+        return self._python_sources() or (self.kind == "files" and self.data.files["format"] == "text") or (
+            self.kind == "hf" and not self.data.hf["streaming"])
+
+    def _python_sources(self) -> bool:
+        return self.kind in ("stdlib", "packages")
+
+    def documents(self, k: int):
+        """The documents of slice k (of `slices()`), in order."""
+        n = self.slices()
+        if self.kind == "hf":
+            yield from self._hf_documents(k, n)
+            return
+        files = self._files()
+        bounds = np.linspace(0, len(files), n + 1).round().astype(int)
+        fmt, field = ("text", "text") if self._python_sources() else (self.data.files["format"], self.data.files["field"])
+        count = 0
+        for path in files[bounds[k] : bounds[k + 1]]:
+            for doc in _file_documents(path, fmt, field):
+                if self.data.max_documents and count >= self.data.max_documents:
+                    return
+                count += 1
+                yield doc
+
+    def _hf_documents(self, k: int, n: int):
+        import datasets
+
+        hf = self.data.hf
+        name = hf["name"]
+        if Path(name).is_dir():
+            ds = datasets.load_from_disk(name)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[hf["split"]]
+        else:
+            ds = datasets.load_dataset(name, hf["config"], split=hf["split"], streaming=hf["streaming"])
+        if isinstance(ds, datasets.Dataset):
+            if self.data.max_documents:
+                ds = ds.select(range(min(self.data.max_documents, len(ds))))
+            ds = ds.shard(n, k, contiguous=True)
+        elif n > 1:
+            if n > ds.n_shards:
+                raise DataError(f"config: data.slices: {n} slices of dataset {name}, which has only {ds.n_shards} shards")
+            ds = ds.shard(n, k, contiguous=True)
+        for i, row in enumerate(ds):
+            if self.data.max_documents and i >= self.data.max_documents:
+                return
+            if hf["field"] not in row:
+                raise DataError(f"dataset {name}: no field {hf['field']!r} (set data.hf.field); fields: {sorted(row)}")
+            yield "" if row[hf["field"]] is None else str(row[hf["field"]])
+
+    def provenance(self) -> dict:
+        if self.kind == "stdlib":
+            root = sysconfig.get_paths()["stdlib"]
+            listing = "\n".join(str(p.relative_to(root)) for p in self._files())
+            return {"source": "stdlib", "python_version": platform.python_version(),
+                    "python_implementation": platform.python_implementation(), "n_files": len(self._files()),
+                    "file_list_sha256": sha256(listing.encode())}
+        if self.kind == "packages":
+            dists = importlib.metadata.packages_distributions()
+            versions = {}
+            for name in self.data.packages:
+                dist = dists.get(name, [name])[0]
+                try:
+                    versions[name] = f"{dist} {importlib.metadata.version(dist)}"
+                except importlib.metadata.PackageNotFoundError:
+                    versions[name] = "version unknown"
+            roots = [package_dir(name, i) for i, name in enumerate(self.data.packages)]
+            files = self._files()
+            listing = "\n".join(str(p.relative_to(next(r.parent for r in roots if p.is_relative_to(r)))) for p in files)
+            return {"source": "packages", "packages": versions, "python_version": platform.python_version(),
+                    "n_files": len(files), "file_list_sha256": sha256(listing.encode())}
+        if self.kind == "files":
+            f = self.data.files
+            return {"source": "files", "format": f["format"], "field": f["field"], "files": [str(p) for p in self._files()]}
+        return {"source": "hf", **self.data.hf}
