@@ -58,7 +58,7 @@ class StageOptions:
     def from_json(cls, text: str):
         raw: dict = {cls.SECTION: {}}
         for name, value in json_object(text).items():
-            section, key = cls.schema_key(name) if name in cls.BORROWED else (cls.SECTION, name)
+            section, key = cls.schema_key(name)
             raw.setdefault(section, {})[key] = value
         return cls.from_config(validate_schema(raw))
 
