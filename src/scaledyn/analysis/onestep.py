@@ -15,7 +15,8 @@ accumulated, and the JVP prediction is computed micro-batch by micro-batch.
 
 Gradient view: the first-order prediction dl_i = grad l_i . dtheta for every token at once is one
 Jacobian-vector product (forward-mode AD), instead of one backward pass per token. Coordinate-wise
-interference needs per-token gradients, computed with vmap(grad) for models small enough.
+interference needs per-token gradients: one forward pass per sequence, its backward vmapped over
+the sequence's positions, for models small enough.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, jvp, vjp, vmap
 
 from ..data.tokens import TokenData
 from ..errors import CheckpointError
@@ -171,40 +172,59 @@ def per_position_predictions(model, batch: torch.Tensor, delta: dict[str, torch.
 
 
 def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.Tensor], n_tokens: int | None,
-                            chunk: int = 16) -> dict[str, float]:
-    """C_g and D(grad) over non-embedding coordinates from per-token gradients (vmap of grad), over
-    all tokens of the batch (or n_tokens of them), each beside its sign-shuffled baseline: the same
-    per-token terms with random signs, which is what the measure reads when the tokens' pushes on a
-    coordinate are unrelated. Only a measure below its baseline shows interference beyond chance."""
-    emb_name = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
-    params = {n: p.detach() for n, p in trainable(model).items() if n != emb_name}
-    frozen = {n: t.detach() for n, t in list(model.named_parameters()) + list(model.named_buffers()) if n not in params}
+                            chunk: int = 16, max_floats: int = 1 << 25) -> dict[str, float]:
+    """C_g and D(grad) over non-embedding coordinates from per-token gradients, over all tokens of
+    the batch (or n_tokens of them), each beside its sign-shuffled baseline: the same per-token
+    terms with random signs, which is what the measure reads when the tokens' pushes on a
+    coordinate are unrelated. Only a measure below its baseline shows interference beyond chance.
+
+    Per-token gradients share their sequence's forward pass and skip the unembedding: one
+    `torch.func.vjp` of the decoder body per sequence; the loss gradient at each position's final
+    hidden state, for all positions in one backward pass through the (frozen, tied) unembedding;
+    then the body's pull-back vmapped over one-hot rows of those gradients, `chunk` positions at a
+    time (16 was fastest here) and at most `max_floats` gradient values (128 MB). Re-running each token's sequence forward and backward
+    (vmap of grad) gives the same numbers several times slower (benchmarks: per_token_gradients)."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    prefix = next(n for n, m in model.named_modules() if m is decoder) + "."
+    emb = model.get_input_embeddings().weight
+    named = {n: p.detach() for n, p in trainable(model).items() if p is not emb}
+    if any(not n.startswith(prefix) for n in named) or head.weight is not emb:
+        raise CheckpointError("coordinate interference: needs tied embeddings and every other parameter in the decoder body")
+    params = {n[len(prefix):]: p for n, p in named.items()}
+    frozen = {n: t.detach() for n, t in list(decoder.named_parameters()) + list(decoder.named_buffers()) if n not in params}
     b, s = batch.shape[0], batch.shape[1] - 1
     rng = np.random.default_rng(0)
     flat = rng.choice(b * s, size=b * s if n_tokens is None else min(n_tokens, b * s), replace=False)
     signs = torch.as_tensor(rng.choice([-1.0, 1.0], size=len(flat)), dtype=torch.float32, device=batch.device)
-    seq_idx, pos_idx = torch.as_tensor(flat // s), torch.as_tensor(flat % s)
+    chunk = max(1, min(chunk, max_floats // max(1, sum(p.numel() for p in params.values()))))
 
-    positions = torch.arange(s, device=batch.device)
+    def hidden(p, x):
+        return functional_call(decoder, {**frozen, **p}, args=(), kwargs={"input_ids": x[None]}).last_hidden_state[0]
 
-    def loss_at(p, seq, pos):
-        per_pos = token_losses(_Bound(model, {**frozen, **p}), seq[None])[0]
-        return (per_pos * (positions == pos)).sum()  # select without data-dependent indexing (vmap)
-
-    per_token_grad = vmap(grad(loss_at), in_dims=(None, 0, 0))
     sums = {k: {n: torch.zeros_like(p) for n, p in params.items()} for k in ("p", "p_shuf", "abs_p", "g", "g_shuf", "abs_g")}
     with eager_attention(model):
-        for i in range(0, len(flat), chunk):
-            g = per_token_grad(params, batch[seq_idx[i : i + chunk]], pos_idx[i : i + chunk])
-            sign = signs[i : i + chunk]
-            for n in params:
-                p, shape = g[n] * delta[n], (-1,) + (1,) * (g[n].dim() - 1)
-                sums["p"][n] += p.sum(0)
-                sums["p_shuf"][n] += (p * sign.view(shape)).sum(0)
-                sums["abs_p"][n] += p.abs().sum(0)
-                sums["g"][n] += g[n].sum(0)
-                sums["g_shuf"][n] += (g[n] * sign.view(shape)).sum(0)
-                sums["abs_g"][n] += g[n].abs().sum(0)
+        for seq in np.unique(flat // s):
+            x = batch[seq]
+            h, pull = vjp(lambda p: hidden(p, x), params)
+            h = h.detach()[:-1].requires_grad_()
+            loss = -head(h).float().log_softmax(-1).gather(-1, x[1:, None]).sum()
+            dh = torch.autograd.grad(loss, h)[0]  # row i: the gradient of token i's loss at its own hidden state
+            mine = np.flatnonzero(flat // s == seq)
+            for i in range(0, len(mine), chunk):
+                at = mine[i : i + chunk]
+                pos = torch.as_tensor(flat[at] % s, device=batch.device)
+                rows = torch.zeros(len(at), s + 1, dh.shape[1], dtype=dh.dtype, device=dh.device)
+                rows[torch.arange(len(at)), pos] = dh[pos]
+                g = vmap(pull)(rows)[0]
+                sign = signs[at]
+                for n in params:
+                    p, shape = g[n] * delta[prefix + n], (-1,) + (1,) * (g[n].dim() - 1)
+                    sums["p"][n] += p.sum(0)
+                    sums["p_shuf"][n] += (p * sign.view(shape)).sum(0)
+                    sums["abs_p"][n] += p.abs().sum(0)
+                    sums["g"][n] += g[n].sum(0)
+                    sums["g_shuf"][n] += (g[n] * sign.view(shape)).sum(0)
+                    sums["abs_g"][n] += g[n].abs().sum(0)
     flat_sum = {k: torch.cat([v.ravel() for v in d.values()]) for k, d in sums.items()}
     den, live = flat_sum["abs_p"].sum(), flat_sum["abs_g"] > 0
 
