@@ -19,33 +19,40 @@ rule zsl_dtt:
         "scaledyn zsl-dtt --losses {params.losses:q} --run {wildcards.run:q} --pairs {params.pairs:q} --out {output:q} > {log:q} 2>&1"
 
 
-rule zsl_dt1:
-    input:
-        marker=L.run("{run}").marker("{step}"),
-        manifest=rules.prepare_data.output.manifest,
-    output:
-        table=L.zsl_dt1("{run}", "{step}"),
-        changes=L.change_partition("{run}", "{step}"),
-    log:
-        L.log("zsl", "dt1_{run}_{step}"),
-    benchmark:
-        L.benchmark("zsl_dt1", "{run}", "step_{step}")
-    wildcard_constraints:
-        run=TRAINED,
-    conda:
-        "../envs/scaledyn.yaml"
-    resources:
-        **SLURM.resources(gpu=True),
-        gpu=SLURM.eval_gpus,
-        mem_mb=lambda w: STUDY.onestep_mem_mb(w.run),
-    params:
-        run_dir=lambda w: L.run(w.run).dir,
-        data=L.data.dir,
-        changes=L.changes,
-        options=STUDY.zsl.to_json(),
-    shell:
-        "scaledyn zsl-dt1 --run-dir {params.run_dir:q} --step {wildcards.step:q} --data {params.data:q}"
-        " --out {output.table:q} --changes {params.changes:q} --options {params.options:q} > {log:q} 2>&1"
+# One job per run for all its one-step checkpoints: the start-up (Python, torch, transformers)
+# once per run, not once per checkpoint. Without one-step checkpoints there is no such rule (its
+# outputs would not name the run).
+if DT1_STEPS:
+
+    rule zsl_dt1:
+        input:
+            markers=[L.run("{run}").marker(s) for s in DT1_STEPS],
+            manifest=rules.prepare_data.output.manifest,
+        output:
+            tables=[L.zsl_dt1("{run}", s) for s in DT1_STEPS],
+            changes=[L.change_partition("{run}", s) for s in DT1_STEPS],
+        log:
+            L.log("zsl", "dt1_{run}"),
+        benchmark:
+            L.benchmark("zsl_dt1", "{run}")
+        wildcard_constraints:
+            run=TRAINED,
+        conda:
+            "../envs/scaledyn.yaml"
+        resources:
+            **SLURM.resources(gpu=True),
+            gpu=SLURM.eval_gpus,
+            mem_mb=lambda w: STUDY.onestep_mem_mb(w.run),
+        params:
+            run_dir=lambda w: L.run(w.run).dir,
+            steps=" ".join(map(str, DT1_STEPS)),
+            data=L.data.dir,
+            out=lambda w: L.zsl_dt1(w.run, "{step}"),
+            changes=L.changes,
+            options=STUDY.zsl.to_json(),
+        shell:
+            "scaledyn zsl-dt1 --run-dir {params.run_dir:q} --step {params.steps} --data {params.data:q}"
+            " --out {params.out:q} --changes {params.changes:q} --options {params.options:q} > {log:q} 2>&1"
 
 
 rule zsl_merge:

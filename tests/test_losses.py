@@ -101,6 +101,36 @@ def test_five_readers_agree(tiny_study, granularity):
     assert n == 24 * 31
 
 
+def test_training_evaluates_its_checkpoints_as_the_standalone_command_does(tiny_config, tiny_data, tmp_path):
+    """Evaluated inside the training process, each checkpoint's loss files hold exactly what
+    `scaledyn evaluate` writes from the saved checkpoint; training is unchanged by it; a resumed
+    run evaluates first the checkpoints whose files are missing (Snakemake removed them)."""
+    from scaledyn.analysis.evaluate import Evaluator
+    from scaledyn.config import load_study
+    from scaledyn.train.loop import train
+
+    spec = dataclasses.replace(load_study(tiny_config).run_spec("tiny-1k_s0"), data_dir=str(tiny_data),
+                               run_dir=str(tmp_path / "runs" / "tiny-1k_s0"), steps=16, checkpoint_steps=(4, 8, 16))
+    options = EvaluateOptions.defaults()
+    inside = LossesPaths(tmp_path / "inside")
+    train(spec, after_checkpoint=Evaluator(spec.run_dir, spec.checkpoint_steps, spec.data_dir, inside.dir, options))
+    plain = dataclasses.replace(spec, run_dir=str(tmp_path / "plain" / "tiny-1k_s0"))
+    train(plain)
+    for step in spec.checkpoint_steps:
+        evaluate_checkpoint(spec.run_dir, step, spec.data_dir, tmp_path / "outside", options)
+        for g in ("sequences", "tokens"):
+            a = pq.read_table(inside.partition(g, "tiny-1k_s0", step))
+            assert a.equals(pq.read_table(LossesPaths(tmp_path / "outside").partition(g, "tiny-1k_s0", step))), (g, step)
+        weights = [RunPaths(r.run_dir).checkpoint(step) / "model.safetensors" for r in (spec, plain)]
+        assert weights[0].read_bytes() == weights[1].read_bytes(), step
+    gone = [inside.partition(g, "tiny-1k_s0", 8) for g in ("sequences", "tokens")]
+    for f in gone:
+        f.unlink()
+    kept = inside.partition("tokens", "tiny-1k_s0", 16).stat().st_mtime_ns
+    train(spec, after_checkpoint=Evaluator(spec.run_dir, spec.checkpoint_steps, spec.data_dir, inside.dir, options))
+    assert all(f.exists() for f in gone) and inside.partition("tokens", "tiny-1k_s0", 16).stat().st_mtime_ns == kept
+
+
 def test_rerun_skips_and_force_rewrites(tiny_study, tmp_path):
     out = tmp_path / "losses"
     run_dir = tiny_study.run("tiny-1k_s0").dir

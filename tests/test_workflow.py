@@ -33,12 +33,13 @@ def test_default_and_paper_dags_plan_offline(tmp_path):
                           capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": __import__("os").environ["PATH"]})
     assert proc.returncode == 0, proc.stderr
     jobs = planned(proc)
-    assert jobs["train"] == 6 and jobs["evaluate"] == 6 * 19 and jobs["zsl_dt1"] == 6 * 6
+    # each training job evaluates its own checkpoints; one one-step job per run covers its checkpoints
+    assert jobs["train"] == 6 and "evaluate" not in jobs and jobs["zsl_dt1"] == 6
     assert jobs["prepare_slice"] == 256 and jobs["prepare_data"] == 1  # sharded preparation
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"), "--configfile",
                            str(REPO / "config.yaml"), "--directory", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
     jobs = planned(proc)
-    assert {"prepare_data", "train", "evaluate", "fit_run", "fit_scaling", "zsl_dtt", "zsl_dt1", "report"} <= set(jobs)
+    assert {"prepare_data", "train", "fit_run", "fit_scaling", "zsl_dtt", "zsl_dt1", "report"} <= set(jobs)
 
 
 def test_pythia_suites_plan_offline():
@@ -71,7 +72,7 @@ def test_incremental_reruns(tiny_study, tmp_path):
         more = copy.deepcopy(base)
         more["model"]["sizes"] = base["model"]["sizes"] + ["tiny-11k"]
         jobs = planned(run_workflow(work, more, "-n"))
-        assert jobs["train"] == 1 and jobs["evaluate"] == 7 and jobs["zsl_dt1"] == 2 and jobs["fit_run"] == 1
+        assert jobs["train"] == 1 and jobs["zsl_dt1"] == 1 and jobs["fit_run"] == 1
         assert "prepare_data" not in jobs and jobs["zsl_dtt"] == 1
         proc = run_workflow(work, more, "-n", "-p")
         assert "tiny-1k_s0/run.json" not in proc.stdout.split("rule train:")[1].split("rule ")[0] if "rule train:" in proc.stdout else True
@@ -81,6 +82,31 @@ def test_incremental_reruns(tiny_study, tmp_path):
         assert set(jobs) == {"fit_run", "fit_windows", "fit_scaling", "report", "all"} and jobs["fit_run"] == jobs["fit_windows"] == 2
     finally:
         (work / "config.yaml").write_text(cfg)
+
+
+def test_new_evaluation_options_reevaluate_without_retraining(tiny_study, tmp_path):
+    """Training jobs evaluate their checkpoints; with other evaluation options they run again on a
+    copy of the finished study, resume at the last step, train nothing and rewrite the loss files."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    work = tmp_path / "study"
+    shutil.copytree(tiny_study.root.parent, work, ignore=shutil.ignore_patterns("locks"))  # .snakemake: the params record
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["evaluate"]["token_dtype"] = "float16"
+    run = tiny_study.run("tiny-1k_s0")
+    log = run.train_log.read_bytes()
+    weights = {s: (run.checkpoint(s) / "model.safetensors").stat().st_mtime_ns for s in (1, 64)}
+    run_workflow(work, cfg, "--cores", "2", "--rerun-triggers", "params", "mtime")
+    moved = type(tiny_study)(work / "results")
+    assert (moved.run("tiny-1k_s0").train_log.read_bytes()) == log
+    # no checkpoint was written again (copytree kept the times), and the log is the first training's
+    assert {s: (moved.run("tiny-1k_s0").checkpoint(s) / "model.safetensors").stat().st_mtime_ns for s in (1, 64)} == weights
+    assert "resuming from checkpoint" in moved.log("train", "tiny-1k_s0").read_text()
+    for step in (1, 64):
+        loss = pq.read_schema(moved.losses.partition("tokens", "tiny-1k_s0", step)).field("loss")
+        assert str(loss.type) == "halffloat", step
 
 
 def test_paper_preset_stands_alone():

@@ -16,15 +16,13 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ScaledynError
+from .errors import ConfigError, ScaledynError
 from .train.launch import leave_process_group
 
 
 def _stage_options(cls, args):
     """The stage's options from --options (or the schema's defaults) with the flags given on top,
     validated together by the schema and the options' own checks, exactly as a config file is."""
-    from .errors import ConfigError
-
     base = cls.from_json(args.options) if args.options else cls.defaults()
     given = {f.name: v for f in dataclasses.fields(cls) if (v := getattr(args, f.name, None)) is not None}
     try:
@@ -68,7 +66,8 @@ def stage_flags(sp, cls, only: tuple[str, ...] = ()) -> None:
 def checkpoint_args(sp, out: str) -> None:
     """The arguments of the per-checkpoint commands (evaluate, zsl-dt1)."""
     sp.add_argument("--run-dir", required=True, help="the run's directory")
-    sp.add_argument("--step", type=int, required=True, help="checkpoint step")
+    sp.add_argument("--step", type=int, nargs="+", required=True,
+                    help="checkpoint steps, one or more (one process: Python and torch start once)")
     sp.add_argument("--data", required=True, help="prepared data directory")
     sp.add_argument("--out", required=True, help=out)
 
@@ -103,16 +102,25 @@ def cmd_prepare_data(args) -> None:
 
 
 def cmd_train(args) -> None:
+    from .analysis.evaluate import Evaluator
+    from .analysis.options import EvaluateOptions
     from .config import load_study
     from .train.loop import train
     from .train.spec import RunSpec
 
     if args.spec:
-        return train(RunSpec.from_json(args.spec))
-    study = load_study(args.config)
-    if args.run not in study.runs:
-        raise ScaledynError(f"unknown run {args.run!r}; the study's runs are {sorted(study.runs)}")
-    train(study.run_spec(args.run))
+        spec, options = RunSpec.from_json(args.spec), EvaluateOptions.defaults()
+    else:
+        study = load_study(args.config)
+        if args.run not in study.runs:
+            raise ScaledynError(f"unknown run {args.run!r}; the study's runs are {sorted(study.runs)}")
+        spec, options = study.run_spec(args.run), study.evaluate
+    if args.evaluate:
+        if not args.losses:
+            raise ConfigError("--evaluate: needs --losses (where the checkpoints' losses go)")
+        options = EvaluateOptions.from_json(args.evaluate)
+    evaluator = Evaluator(spec.run_dir, spec.checkpoint_steps, spec.data_dir, args.losses, options) if args.losses else None
+    train(spec, after_checkpoint=evaluator)
 
 
 def cmd_launch(args) -> None:
@@ -125,8 +133,9 @@ def cmd_evaluate(args) -> None:
     from .analysis.evaluate import evaluate_checkpoint
     from .analysis.options import EvaluateOptions
 
-    evaluate_checkpoint(args.run_dir, args.step, args.data, args.out, _stage_options(EvaluateOptions, args),
-                        study=args.study, force=args.force)
+    options = _stage_options(EvaluateOptions, args)
+    for step in args.step:
+        evaluate_checkpoint(args.run_dir, step, args.data, args.out, options, study=args.study, force=args.force)
 
 
 def cmd_run_table(args) -> None:
@@ -220,7 +229,11 @@ def cmd_zsl_dt1(args) -> None:
     from .analysis.onestep import dt1_analysis
     from .analysis.options import ZslOptions
 
-    dt1_analysis(args.run_dir, args.step, args.data, args.out, args.changes, _stage_options(ZslOptions, args))
+    if len(args.step) > 1 and "{step}" not in args.out:
+        raise ConfigError(f"--out: {args.out!r} must contain {{step}} when several --step are given")
+    options = _stage_options(ZslOptions, args)
+    for step in args.step:
+        dt1_analysis(args.run_dir, step, args.data, args.out.replace("{step}", str(step)), args.changes, options)
 
 
 def cmd_zsl_merge(args) -> None:
@@ -274,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--spec", help="run spec as JSON (what the workflow passes)")
     g.add_argument("--run", help="run name from --config, e.g. tiny-11k_s0")
     sp.add_argument("--config", default="config.yaml", help="study config for --run")
+    sp.add_argument("--losses", help="evaluate each scheduled checkpoint right after it is written, into this loss dataset "
+                    "root (what the workflow does); checkpoints written before a restart are evaluated first")
+    sp.add_argument("--evaluate", help="the evaluation options as JSON (default: --config's evaluate section with --run, "
+                    "else the schema's defaults)")
 
     sp = add("launch", cmd_launch, "Run a scaledyn subcommand under accelerate launch (multi-GPU, multi-node via srun).")
     sp.add_argument("--gpus", type=int, default=0, help="GPUs per node (0 = CPU)")
@@ -362,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("zsl-dt1", cmd_zsl_dt1, "One optimizer step from a checkpoint (it must hold optimizer state) on each held-out "
              "batch.")
-    checkpoint_args(sp, "metrics table (.parquet; a .csv is written beside it)")
+    checkpoint_args(sp, "metrics table (.parquet; a .csv is written beside it); with several --step, a path with {step}")
     sp.add_argument("--changes", required=True, help="dataset of per-token loss changes: <changes>/<run>/step_<step>.parquet")
     stage_flags(sp, ZslOptions)
 

@@ -3,6 +3,11 @@
 Runs in inference mode; bf16 autocast on GPUs with the loss accumulated in fp32. Under several
 processes (accelerate launch) each takes a contiguous, unpadded share of the sequences and the main
 process gathers them, so every example appears exactly once.
+
+The workflow evaluates a trained run's checkpoints inside its training process, right after each
+is written (`Evaluator`): a tiny model's evaluation takes a fraction of a second, while a separate
+job per checkpoint spent ten seconds starting Python and importing torch and transformers.
+`scaledyn evaluate` evaluates a checkpoint on its own (by hand, or to re-evaluate).
 """
 
 from __future__ import annotations
@@ -59,28 +64,65 @@ def evaluate_checkpoint(run_dir, step: int, data_dir, out, options: EvaluateOpti
                         force: bool = False) -> bool:
     """Write the (run, step) partitions of the loss dataset rooted at `out`; False when they exist."""
     ckpt = RunPaths(run_dir).checkpoint(step)
-    if not checkpoint.is_complete(ckpt):
-        raise CheckpointError(f"checkpoint {ckpt}: missing or incomplete (no {checkpoint.COMPLETE} marker)")
-    state = checkpoint.read_state(ckpt)
+    state = _complete_state(ckpt)
     if not force and all(LossesPaths(out).partition(g, state["run"], step).exists() for g in GRANULARITIES):
         return False
-    meta = {"size": state["spec"]["size"]["name"], "seed": state["spec"]["seed"], "tokens_seen": state["tokens_seen"]}
-    evaluate_model(lambda: load_model(ckpt), state["run"], step, meta, data_dir, out, options, str(ckpt))
+    evaluate_model(lambda: load_model(ckpt), state["run"], step, _meta(state), data_dir, out, options, str(ckpt))
     return True
 
 
+def _complete_state(ckpt) -> dict:
+    if not checkpoint.is_complete(ckpt):
+        raise CheckpointError(f"checkpoint {ckpt}: missing or incomplete (no {checkpoint.COMPLETE} marker)")
+    return checkpoint.read_state(ckpt)
+
+
+def _meta(state: dict) -> dict:
+    return {"size": state["spec"]["size"]["name"], "seed": state["spec"]["seed"], "tokens_seen": state["tokens_seen"]}
+
+
+class Evaluator:
+    """Evaluation of a run's checkpoints from inside its training process (train(after_checkpoint=)),
+    on every process of the launch, with training's Accelerator. It first evaluates the complete
+    checkpoints of `steps` that have no loss files yet: after a resume, Snakemake has removed the
+    files of the failed attempt. The model passed in is the one in memory, so its losses equal
+    those of the saved checkpoint without reading it back."""
+
+    def __init__(self, run_dir, steps, data_dir, out, options: EvaluateOptions):
+        self.paths, self.steps, self.data_dir, self.out, self.options = RunPaths(run_dir), set(steps), data_dir, out, options
+
+    def catch_up(self, acc) -> None:
+        for step in sorted(self.steps):
+            ckpt = self.paths.checkpoint(step)
+            if checkpoint.is_complete(ckpt) and not all(LossesPaths(self.out).partition(g, self.paths.name, step).exists()
+                                                        for g in GRANULARITIES):
+                state = _complete_state(ckpt)
+                evaluate_model(lambda: load_model(ckpt), state["run"], step, _meta(state), self.data_dir, self.out,
+                               self.options, str(ckpt), acc)
+
+    def __call__(self, step: int, model, acc) -> None:
+        if step in self.steps:
+            ckpt = self.paths.checkpoint(step)
+            state = _complete_state(ckpt)
+            evaluate_model(lambda: model, state["run"], step, _meta(state), self.data_dir, self.out, self.options,
+                           str(ckpt), acc)
+
+
 def evaluate_model(load, run: str, step: int, meta: dict, data_dir, out, options: EvaluateOptions | None,
-                   source: str) -> None:
+                   source: str, acc=None) -> None:
     """Losses of the model that `load()` returns on the evaluation set and the held-out batches, as
     the (run, step) partitions of the loss dataset at `out`; `meta` holds size, seed and
-    tokens_seen, `source` names the weights in errors. The same for our checkpoints and suites."""
+    tokens_seen, `source` names the weights in errors. The same for our checkpoints and suites.
+    `acc`: the launch's Accelerator (training's, when evaluating from the training process)."""
     options = options or EvaluateOptions.defaults()
     out = LossesPaths(out)
-    acc = accelerator(bf16=torch.cuda.is_available())
+    acc = acc or accelerator(bf16=torch.cuda.is_available())
     if acc.is_main_process:
         for g in GRANULARITIES:
             losses.check_writable(out.dataset(g))
-    model = load().to(acc.device).eval()
+    model = load().to(acc.device)
+    was_training = model.training
+    model.eval()
     data = TokenData.open(data_dir)
     splits = {"eval": (data.split("eval"), data.example_ids("eval"))}
     if options.heldout and data.manifest["splits"]["heldout"]["sequences"]:
@@ -106,4 +148,5 @@ def evaluate_model(load, run: str, step: int, meta: dict, data_dir, out, options
         seq, tok = _columns(results, meta, options.token_dtype)
         losses.write_partition(out.dataset("tokens"), run, step, tok, "tokens", options.token_dtype)
         losses.write_partition(out.dataset("sequences"), run, step, seq, "sequences")
+    model.train(was_training)
     acc.wait_for_everyone()

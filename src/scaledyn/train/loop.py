@@ -216,8 +216,12 @@ def finish_run(spec: RunSpec, paths: RunPaths, counts: dict, vocab: int, ranks: 
     return record
 
 
-def train(spec: RunSpec) -> RunRecord | None:
-    """Train (or resume) one run; its RunRecord on the main process, None on the others."""
+def train(spec: RunSpec, after_checkpoint=None) -> RunRecord | None:
+    """Train (or resume) one run; its RunRecord on the main process, None on the others.
+
+    `after_checkpoint`, on every process: `.catch_up(acc)` once before training, then
+    `(step, model, acc)` right after each scheduled checkpoint is written (the workflow evaluates
+    it there, analysis.evaluate.Evaluator); it must not touch the random number generators."""
     if spec.threads:
         torch.set_num_threads(spec.threads)
     bf16 = use_bf16(spec.precision)
@@ -237,6 +241,8 @@ def train(spec: RunSpec) -> RunRecord | None:
             print(f"{spec.name}: resuming from checkpoint {paths.checkpoint(start)} at step {start}", file=sys.stderr)
         model.tie_weights()
         model, optimizer = acc.prepare(torch.compile(model) if spec.compile else model, optimizer)
+        if after_checkpoint is not None:
+            after_checkpoint.catch_up(acc)
         log = TrainLog(paths.live_log, rows[:start]) if acc.is_main_process else None
         stop, tokens_per_step = StopFlag(), spec.batch_size * spec.seq_len
         save = lambda step, kind: save_everywhere(acc, ckpt, log, model, optimizer, step, kind)  # noqa: E731
@@ -263,6 +269,9 @@ def train(spec: RunSpec) -> RunRecord | None:
             # checkpointing and termination (pre-emption: save, exit 75, be retried)
             if step in ckpt.scheduled:
                 save(step, "final" if step == spec.steps else "scheduled")
+                if after_checkpoint is not None:
+                    after_checkpoint(step, acc.unwrap_model(model), acc)
+                    t_last = time.perf_counter()  # the next step's throughput leaves the evaluation out
             if _any_rank(acc, stop.requested) and step < spec.steps:
                 if step not in ckpt.scheduled:
                     save(step, "resume")
