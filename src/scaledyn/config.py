@@ -180,6 +180,8 @@ def _check_data(data: dict) -> None:
                 package_dir(name, i)
             except DataError as e:
                 raise ConfigError(str(e)) from None
+    if data["source"] == "wheels" and not data["wheels"]:
+        raise ConfigError("config: data.wheels: source 'wheels' needs at least one wheel (file and sha256)")
     if data["source"] == "files" and not data["files"]["paths"]:
         raise ConfigError("config: data.files.paths: source 'files' needs at least one path or glob")
     if data["source"] == "hf" and not data["hf"]["name"]:

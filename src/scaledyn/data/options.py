@@ -13,6 +13,7 @@ class DataOptions(StageOptions):
     SECTION: ClassVar[str] = "data"
     source: str
     packages: list
+    wheels: list
     files: dict
     hf: dict
     max_documents: int | None

