@@ -144,7 +144,8 @@ def train_cpu_options(env):
     order = BatchOrder(data.train_sequences, spec.batch_size, spec.data_seed)
     batches = [torch.from_numpy(data.train_batch(order.rows(t)).astype(np.int64)) for t in range(1, steps + 1)]
 
-    def loop(compiled=False, bf16=False, fused=False):
+    def loop(compiled=False, bf16=False, fused=False, threads=1):
+        torch.set_num_threads(threads)
         model = build_model(spec.size, data.model_vocab_size, spec.seed)
         opt = torch.optim.AdamW(param_groups(model, 0.1), lr=spec.lr, fused=fused or None, foreach=None if fused else True)
         f = torch.compile(model) if compiled else model
@@ -159,22 +160,26 @@ def train_cpu_options(env):
             opt.zero_grad(set_to_none=True)
             return loss.item()
 
-        step(batches[0])  # compilation and first-call set-up are not per-step cost
+        t0 = time.perf_counter()
+        step(batches[0])  # compilation and first-call set-up are not per-step cost (reported apart)
         t = time.perf_counter()
         losses = [step(x) for x in batches]
-        return (time.perf_counter() - t) / steps, float(np.mean(losses[-max(1, steps // 10):]))
+        torch.set_num_threads(1)
+        return (time.perf_counter() - t) / steps, float(np.mean(losses[-max(1, steps // 10):])), t - t0
 
     peak = _matmul_peak()
-    base_t, base_loss = loop()
+    base_t, base_loss, _ = loop()
     flops = _step_flops(spec, data.model_vocab_size)
     out = [row("train_step_seconds_eager_fp32", base_t, "s", None, None,
                f"today's loop, tiny-25k, 16x128 tokens: {flops / base_t / 1e9:.1f} GFLOP/s = "
                f"{flops / base_t / peak:.0%} of this thread's measured fp32 matmul peak ({peak / 1e9:.0f} GFLOP/s at 2048^2)")]
     for name, kw in (("fused_adamw", {"fused": True}), ("compile", {"compiled": True}), ("bf16_autocast", {"bf16": True}),
-                     ("compile_bf16", {"compiled": True, "bf16": True})):
-        t, loss = loop(**kw)
+                     ("compile_bf16", {"compiled": True, "bf16": True}), ("two_threads", {"threads": 2})):
+        t, loss, first = loop(**kw)
         out.append(row(f"train_step_seconds_{name}", t, "s", base_t, base_t / t,
-                       f"speed-up over today's loop (ratio); mean loss of the last tenth {loss:.4f} vs {base_loss:.4f}"))
+                       f"speed-up over today's loop (ratio); mean loss of the last tenth {loss:.4f} vs {base_loss:.4f}; "
+                       f"first step {first:.1f} s" + ("; two threads for one job, where two jobs could each have one"
+                                                      if name == "two_threads" else "")))
     return out
 
 

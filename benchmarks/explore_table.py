@@ -2,7 +2,7 @@
 with what the calibrated test says of its training curve and how that moves with the fit window.
 
     snakemake --cores 2 --configfile CANDIDATE.yaml results/fits/<run>.json results/fits/<run>.windows.csv
-    python -m benchmarks.explore_table LABEL=RESULTS_DIR [...] [--readme docs/exploration.md]
+    python -m benchmarks.explore_table LABEL=RESULTS_DIR [...] [--readme docs/exploration.md] [--block NAME]
 """
 
 import argparse
@@ -57,13 +57,14 @@ def markdown(table: list[dict]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("studies", nargs="+", help="LABEL=RESULTS_DIR")
-    p.add_argument("--readme", type=Path, help="replace the exploration block of this Markdown file")
+    p.add_argument("--readme", type=Path, help="replace a block of this Markdown file")
+    p.add_argument("--block", default="exploration", help="the block to replace (<!-- BLOCK:start --> ... end)")
     args = p.parse_args(argv)
     table = [r for s in args.studies for r in rows(s.split("=", 1)[0], Path(s.split("=", 1)[1]))]
     text = markdown(table)
     print(text)
     if args.readme:
-        replace_block(args.readme, "exploration", text)
+        replace_block(args.readme, args.block, text)
 
 
 if __name__ == "__main__":

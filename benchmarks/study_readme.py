@@ -13,6 +13,19 @@ from pathlib import Path
 from benchmarks import replace_block
 
 
+def job_times(results: Path) -> str:
+    """Summed job time by rule from Snakemake's `benchmark:` files (the rules that have one)."""
+    rows = []
+    for rule in sorted(p for p in (results / "benchmarks").iterdir() if p.is_dir()):
+        seconds = [float(f.read_text().splitlines()[1].split("\t")[0]) for f in rule.rglob("*.tsv")]
+        rows.append((rule.name, len(seconds), sum(seconds)))
+    total = sum(r[2] for r in rows)
+    lines = ["| rule | jobs | summed job time (s) | share |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {n} | {t:,.0f} | {t / total:.0%} |" for name, n, t in rows]
+    return ("Where the job time goes (Snakemake's `benchmark:` files of the rules that keep one; training "
+            "jobs include the evaluation of their checkpoints):\n\n" + "\n".join(lines) + "\n")
+
+
 def study_block(results: Path, time_file: Path | None, command: str = "snakemake --cores 2") -> str:
     report = results / "report"
     summary = (report / "summary.md").read_text().replace("# Study summary\n", "")
@@ -27,6 +40,8 @@ def study_block(results: Path, time_file: Path | None, command: str = "snakemake
         peak_text = f", largest process {int(peak.group(1)) / 1e6:.2f} GB" if peak else ""
         lines.append(f"One `{command}` on this 2-core machine: **{wall}** wall time{peak_text}. "
                      f"From `{results.name}/report/fits.md` and `summary.md`:\n")
+    if (results / "benchmarks").is_dir():
+        lines.append(job_times(results))
     lines += [(report / "fits.md").read_text(), summary]
     return "\n".join(lines)
 
