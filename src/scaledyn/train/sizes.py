@@ -50,6 +50,7 @@ TINY_SIZES = {
     s.name: s
     for s in [
         Size("tiny-1k", 16, 1, 2, 3e-3, 512),
+        Size("tiny-3k", 16, 2, 2, 3e-3, 512),
         Size("tiny-6k", 24, 2, 2, 3e-3, 512),
         Size("tiny-11k", 32, 2, 2, 3e-3, 512),
         Size("tiny-25k", 48, 2, 4, 3e-3, 512),
