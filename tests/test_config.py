@@ -14,6 +14,12 @@ def test_default_config_is_valid_and_filled_in():
     assert study.checkpoint_steps[-1] == study.cfg["train"]["steps"]
 
 
+@pytest.mark.parametrize("name", ["smoke", "cpu-long", "controls/warmup-200", "controls/seeds"])
+def test_shipped_configs_are_valid(name):
+    study = load_study(REPO / "configs" / f"{name}.yaml")
+    assert study.runs and study.checkpoint_steps[-1] == study.cfg["train"]["steps"]
+
+
 def test_paper_preset_is_valid():
     study = load_study(REPO / "configs" / "paper.yaml")
     assert sorted(study.cfg["model"]["sizes"]) == sorted(PAPER_SIZES)
