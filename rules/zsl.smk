@@ -45,13 +45,13 @@ if DT1_STEPS:
             mem_mb=lambda w: STUDY.onestep_mem_mb(w.run),
         params:
             run_dir=lambda w: L.run(w.run).dir,
-            steps=" ".join(map(str, DT1_STEPS)),
+            steps=DT1_STEPS,
             data=L.data.dir,
             out=lambda w: L.zsl_dt1(w.run, "{step}"),
             changes=L.changes,
             options=STUDY.zsl.to_json(),
         shell:
-            "scaledyn zsl-dt1 --run-dir {params.run_dir:q} --step {params.steps} --data {params.data:q}"
+            "scaledyn zsl-dt1 --run-dir {params.run_dir:q} --step {params.steps:q} --data {params.data:q}"
             " --out {params.out:q} --changes {params.changes:q} --options {params.options:q} > {log:q} 2>&1"
 
 

@@ -39,7 +39,7 @@ def test_paper_preset_is_valid():
         ({"train": {"lr": -1e-3}}, "train.lr: learning rate must be positive"),
         ({"train": {"lr": 0}}, "train.lr: learning rate must be positive"),
         ({"model": {"sizes": ["mine"], "custom": {"mine": {"d_model": 32, "n_layers": 1, "n_heads": 2, "lr": 0}}}}, "model.custom.mine.lr: learning rate must be positive"),
-        ({"data": {"source": "web"}}, "data.source: 'web' is not one of ['stdlib', 'packages', 'files', 'hf']"),
+        ({"data": {"source": "web"}}, "data.source: 'web' is not one of ['stdlib', 'packages', 'wheels', 'files', 'hf']"),
         ({"data": {"source": "files"}}, "data.files.paths: source 'files' needs at least one path"),
         ({"data": {"tokenizer": {"kind": "pretrained"}}}, "data.tokenizer.name"),
         ({"train": {"steps": 0}}, "train.steps: 0 is less than the minimum of 1"),
