@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import tarfile
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -163,9 +164,10 @@ def check_writable(dataset: str | Path) -> None:
     computation, not after it)."""
     folder = staging(dataset)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(folder / "probe", folder, "probe.") as tmp:
+    probe = folder / f"probe-{uuid.uuid4().hex}"  # its own name: jobs evaluating side by side share the folder
+    with atomic.atomic_path(probe, folder, f"{probe.name}.") as tmp:
         tmp.write_bytes(b"\0" * 65536)  # a full disk still creates empty files
-    (folder / "probe").unlink()
+    probe.unlink()
 
 
 def schema_doc() -> dict:
