@@ -61,13 +61,14 @@ def _columns(split_losses: dict, meta: dict, token_dtype: str) -> tuple[dict, di
 
 
 def evaluate_checkpoint(run_dir, step: int, data_dir, out, options: EvaluateOptions | None = None, study: str = "",
-                        force: bool = False) -> bool:
-    """Write the (run, step) partitions of the loss dataset rooted at `out`; False when they exist."""
+                        force: bool = False, acc=None) -> bool:
+    """Write the (run, step) partitions of the loss dataset rooted at `out`; False when they exist.
+    `acc`: as for evaluate_model."""
     ckpt = RunPaths(run_dir).checkpoint(step)
     state = _complete_state(ckpt)
     if not force and all(LossesPaths(out).partition(g, state["run"], step).exists() for g in GRANULARITIES):
         return False
-    evaluate_model(lambda: load_model(ckpt), state["run"], step, _meta(state), data_dir, out, options, str(ckpt))
+    evaluate_model(lambda: load_model(ckpt), state["run"], step, _meta(state), data_dir, out, options, str(ckpt), acc)
     return True
 
 
@@ -93,12 +94,8 @@ class Evaluator:
 
     def catch_up(self, acc) -> None:
         for step in sorted(self.steps):
-            ckpt = self.paths.checkpoint(step)
-            if checkpoint.is_complete(ckpt) and not all(LossesPaths(self.out).partition(g, self.paths.name, step).exists()
-                                                        for g in GRANULARITIES):
-                state = _complete_state(ckpt)
-                evaluate_model(lambda: load_model(ckpt), state["run"], step, _meta(state), self.data_dir, self.out,
-                               self.options, str(ckpt), acc)
+            if checkpoint.is_complete(self.paths.checkpoint(step)):
+                evaluate_checkpoint(self.paths.dir, step, self.data_dir, self.out, self.options, acc=acc)
 
     def __call__(self, step: int, model, acc) -> None:
         if step in self.steps:

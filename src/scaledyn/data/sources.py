@@ -288,8 +288,9 @@ class Source:
             return {"source": "packages", "packages": versions, "python_version": platform.python_version(),
                     "n_files": len(files), "file_list_sha256": sha256(listing.encode())}
         if self.kind == "wheels":
-            listing = "\n".join(f"{m.wheel.name}!{m.name}" for m in self._files())
-            return {"source": "wheels", "wheels": [dict(w) for w in self.data.wheels], "n_files": len(self._files()),
+            members = self._files()  # reads and hashes every wheel: once
+            listing = "\n".join(f"{m.wheel.name}!{m.name}" for m in members)
+            return {"source": "wheels", "wheels": [dict(w) for w in self.data.wheels], "n_files": len(members),
                     "file_list_sha256": sha256(listing.encode())}
         if self.kind == "files":
             f = self.data.files
