@@ -1,6 +1,6 @@
 """The package's architecture, read from its imports: rooms by domain, imports that run downward only.
 
-    core      errors, atomic, hashing, schema, layout, options, records (import nothing of the rooms)
+    core      errors, atomic, hashing, schema, layout, options, records, schedule (import nothing of the rooms)
     stats     curves, laws, noise, the break test, fits, trends   (no torch, no training side)
     data      sources, preparation, token shards
     train     sizes, model, optimizer, checkpoints, loop, launch  (may use data)
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "scaledyn"
-CORE = {"errors", "atomic", "hashing", "schema", "layout", "options", "records"}
+CORE = {"errors", "atomic", "hashing", "schema", "layout", "options", "records", "schedule"}
 GLUE = {"config", "cli", "report", "__main__"}
 ALLOWED = {  # room -> rooms it may import
     "core": {"core"},

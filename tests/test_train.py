@@ -15,10 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from scaledyn.config import load_study
 from scaledyn.errors import DataError, Preempted
 from scaledyn.layout import RunPaths
+from scaledyn.schedule import Schedule, lr_factor
 from scaledyn.train import checkpoint
 from scaledyn.train.loop import BatchOrder, train
-from scaledyn.train.optim import lr_factor
-from scaledyn.train.spec import Schedule
 
 
 def make_spec(tiny_config, tiny_data, run_dir, **over):

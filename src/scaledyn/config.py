@@ -19,10 +19,11 @@ from .data.options import DataOptions
 from .errors import ConfigError, DataError
 from .layout import Layout
 from .options import ReportOptions, SlurmOptions
+from .schedule import Schedule
 from .schema import validate_schema
 from .stats.options import FitOptions
 from .train import sizes as size_presets
-from .train.spec import Optimizer, RunSpec, Schedule
+from .train.spec import Optimizer, RunSpec
 
 
 def checkpoint_steps(last: int, log2: bool = True, interval: int | None = None, extra=()) -> list[int]:

@@ -31,8 +31,8 @@ from safetensors.torch import load_file
 from .. import atomic
 from ..errors import CheckpointError, WriteError
 from ..layout import DataPaths, RunPaths, step_of
+from ..schedule import depends_on_total
 from .launch import node_name
-from .optim import depends_on_total
 from .spec import RunSpec
 
 COMPLETE = "COMPLETE"

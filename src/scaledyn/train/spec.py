@@ -7,16 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 from ..errors import ConfigError
+from ..schedule import Schedule
 from .sizes import Size
-
-
-@dataclass(frozen=True)
-class Schedule:
-    kind: str
-    warmup_steps: int
-    warmup_start_factor: float
-    cooldown_steps: int
-    final_lr_factor: float
 
 
 @dataclass(frozen=True)
