@@ -43,8 +43,8 @@ import pandas as pd
 from benchmarks import replace_block
 from scaledyn.stats.breaktest import break_statistic, classify
 from scaledyn.stats.curve import Preprocessing, fit_points, log_moving_average, log_subsample_mask, validate_curve
-from scaledyn.stats.fit import (DERIVED, ESTIMANDS, LOG_SCALE, basic_interval, bootstrap_intervals, fit_curve, on_scale,
-                                prepare_fit)
+from scaledyn.stats.fit import (DERIVED, ESTIMANDS, LOG_SCALE, PreparedFit, basic_interval, bootstrap_intervals,
+                                fit_curve, on_scale, prepare_fit)
 from scaledyn.stats.options import FitOptions
 from scaledyn.stats.powerlaws import bnsl_log, refine_bnsl
 
@@ -167,19 +167,29 @@ def _estimates(f_theta, corrected, T) -> dict:
     return v
 
 
-def one_curve(s: Scenario, i: int) -> dict:
-    """The fit and one warp-speed draw (test and interval) for curve i of scenario s."""
-    t, loss, true, options = observed(s, np.random.default_rng(s.seed(i)))
-    f = prepare_fit(validate_curve(t, loss), options)
-    draw_rng = np.random.default_rng(s.seed(10**9 + i))
+def warp_draw(f: PreparedFit, draw_rng) -> dict:
+    """One warp-speed draw for a prepared fit: the break statistic of the data and of one curve
+    simulated under its null, and one bootstrap root of the derived quantities."""
     S = max(f.null.sse - f.broken.sse, 0) / max(f.broken.sse, 1e-300)
     S_star = break_statistic(f.x, f.noise.simulator.sampler(f.null.log_predict)(draw_rng))
     roots, other = bootstrap_intervals(f.x, f.broken, f.noise.simulator, f.noise.base, 1, draw_rng)
     est = on_scale(f.broken.theta, f.T)
     root = on_scale(f.broken.theta + roots[0], f.T) - est if len(roots) else np.zeros(len(DERIVED))
     return {"S": S, "S_star": S_star, "theta": f.broken.theta, "x0": f.x[0], "x1": f.x[-1],
-            "est": _estimates(f.broken.theta, f.noise.corrected, f.T), "root": dict(zip(DERIVED, root)),
-            "other": other, "true": true}
+            "est": _estimates(f.broken.theta, f.noise.corrected, f.T), "root": dict(zip(DERIVED, root)), "other": other}
+
+
+def warp_verdict(r: dict, crit: float) -> str:
+    """A curve's verdict when the scenario's pooled null draws give the critical value."""
+    v, _ = classify(0.0 if r["S"] > crit else 1.0, ALPHA, r["theta"], np.array([r["x0"], r["x1"]]))
+    return v or "none"
+
+
+def one_curve(s: Scenario, i: int) -> dict:
+    """The fit and one warp-speed draw (test and interval) for curve i of scenario s."""
+    t, loss, true, options = observed(s, np.random.default_rng(s.seed(i)))
+    f = prepare_fit(validate_curve(t, loss), options)
+    return {**warp_draw(f, np.random.default_rng(s.seed(10**9 + i))), "true": true}
 
 
 def warp_coverage(rows: list[dict], k: str, method: str = "basic") -> float:
@@ -200,12 +210,7 @@ def warp_coverage(rows: list[dict], k: str, method: str = "basic") -> float:
 
 def summarise(s: Scenario, rows: list[dict]) -> dict:
     crit = float(np.quantile([r["S_star"] for r in rows], 1 - ALPHA))
-    verdicts = []
-    for r in rows:
-        x = np.array([r["x0"], r["x1"]])
-        v, _ = classify(0.0 if r["S"] > crit else 1.0, ALPHA, r["theta"], x)
-        verdicts.append(v or "none")
-    v = np.array(verdicts)
+    v = np.array([warp_verdict(r, crit) for r in rows])
     out = {**asdict(s), "params": s.label(), "curves": len(rows), "method": "warp-speed",
            "break_rate": float(np.isin(v, ["deceleration", "acceleration"]).mean()),
            "deceleration_rate": float((v == "deceleration").mean()),

@@ -32,7 +32,18 @@ def _stage_options(cls, args):
         raise ConfigError(f"--{key.replace('_', '-')}: {str(e).split(': ', 2)[-1]}" if key else str(e)) from None
 
 
-_TYPES = {"integer": int, "number": float, "string": str}
+def _json_flag(text: str) -> dict:
+    """A flag whose config key is an object takes it as JSON; the schema checks its keys."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"kind\": \"cosine\", \"steps\": 1000}'")
+    return value
+
+
+_TYPES = {"integer": int, "number": float, "string": str, "object": _json_flag}
 
 
 def stage_flags(sp, cls, only: tuple[str, ...] = ()) -> None:

@@ -27,6 +27,7 @@ from .options import ReportOptions  # noqa: E402
 from .records import RunRecord
 from .stats.curve import log_moving_average  # noqa: E402
 from .stats.fit import BrokenPowerLawFit  # noqa: E402
+from .stats.lrtime import describe  # noqa: E402
 from .stats.trends import ScalingTrend, per_size_table, read_trends, run_lines  # noqa: E402
 
 FIGURES = ("loss_curves", "scaling_trends", "zsl_dtt", "zsl_dt1", "d_vs_m", "loss_change_hist")
@@ -245,14 +246,18 @@ def fig_histograms(res: StudyResults, changes: dict[str, tuple[int, np.ndarray]]
 TABLE = {"run": "run", "N": "N", "verdict": "verdict", "p_value": "p", "t_d": "t_d", "t_d_lo": "t_d lo", "t_d_hi": "t_d hi",
          "t_d_corrected": "t_d per-step", "t_d_corrected_lo": "per-step lo", "t_d_corrected_hi": "per-step hi", "L_d": "L_d",
          "L_d_lo": "L_d lo", "L_d_hi": "L_d hi", "r_d": "r_d", "r_d_lo": "r_d lo", "r_d_hi": "r_d hi",
-         "slope_ratio": "c0/r_d", "L_T_hat": "L̂_T", "L_T": "L_T", "warnings": "warnings"}
+         "slope_ratio": "c0/r_d", "L_T_hat": "L̂_T", "L_T": "L_T", "schedule_verdict": "schedule verdict",
+         "lr_area_t_d_steps": "t_d via S", "lr_area_t_d_steps_lo": "via S lo", "lr_area_t_d_steps_hi": "via S hi",
+         "warnings": "warnings"}
+TEXT_COLUMNS = ("run", "verdict", "schedule_verdict", "warnings")
 
 
 def fit_table(sizes: pd.DataFrame) -> pd.DataFrame:
     """Per-run table, every number rounded to 4 significant digits (N as an integer)."""
     t = sizes[list(TABLE)].rename(columns=TABLE).copy()
     for c in t.columns:
-        if c in ("run", "verdict", "warnings"):
+        if c in (TABLE[k] for k in TEXT_COLUMNS):
+            t[c] = t[c].fillna("")
             continue
         t[c] = t[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else
                         (f"{int(v):,}" if c == "N" else f"{float(v):.4g}"))
@@ -295,6 +300,21 @@ def summary_sections(res: StudyResults) -> list[Section]:
         caveats.append("one seed per size: the trends rest on bootstrap uncertainty of single runs, not on seed-to-seed spread")
     if not any(t.significant() for t in res.trends):
         caveats.append("no trend with size is significant")
+    schedule = schedule_lines(res)
+    if schedule:
+        out.append(Section("Is the bend the schedule's?", [
+            "Each run is fitted again against learning-rate time S (the sum of the rate over its peak, step by step; "
+            "the decay phase left out), on which a bend that the warm-up made is a smooth law and a break that the "
+            "training made stays (docs/method.md, docs/calibration.md). deceleration: a break on both axes at the "
+            "same place; schedule: a break in steps only, the schedule's; lr_time_only: a break in S only; "
+            "break_moves: breaks on both axes whose t_d intervals do not overlap once mapped to steps."], schedule))
+    explained = [r for r in res.runs if (res.fits[r].schedule or {}).get("verdict") == "schedule"]
+    if explained:
+        caveats.append(f"the breaks of {', '.join(explained)} are the schedule's (a smooth law in learning-rate time): "
+                       "their t_d marks where the warm-up stops dominating the curve, not a change in how the model learns")
+    moved = [r for r in res.runs if (res.fits[r].schedule or {}).get("verdict") == "break_moves"]
+    if moved:
+        caveats.append(f"{', '.join(moved)}: t_d depends on the clock (steps or learning-rate time); read it with its axis")
     lines, unstable = window_lines(res)
     if lines:
         cuts = ", ".join(f"{v:g}" for v in sorted({float(v) for w in res.windows.values() for v in w["transient_steps"]}))
@@ -365,6 +385,21 @@ def window_lines(res: StudyResults) -> tuple[list[str], list[str]]:
         where = f"; t_d {t_d.min():.0f}–{t_d.max():.0f} where a deceleration is found" if len(t_d) else ""
         lines.append(f"{run}: {text} over {int(verdicts.sum())} windows{where}")
     return lines, unstable
+
+
+def schedule_lines(res: StudyResults) -> list[str]:
+    """One line per classified run, and one that says which runs' breaks the schedule explains."""
+    runs = [r for r in res.runs if res.fits[r].schedule]
+    if not runs:
+        return []
+    lines = [f"{r}: {describe(res.fits[r].schedule)}" for r in runs]
+    explained = [r for r in runs if res.fits[r].schedule["verdict"] == "schedule"]
+    own = [r for r in runs if res.fits[r].schedule["verdict"] == "deceleration"]
+    words = (f"The schedule explains the breaks of {', '.join(explained)}" if explained else
+             "The schedule explains none of these runs' breaks")
+    words += (f"; {', '.join(own)} decelerate on both clocks at the same place (the training's own break)." if own else
+              "; no run decelerates on both clocks at the same place.")
+    return lines + [words]
 
 
 def _coordinate_lines(res: StudyResults) -> list[str]:

@@ -25,7 +25,7 @@ SUBSAMPLE_CAP = 1000  # docs/method.md section 3: every 1,000th step from 10,000
 MA_FACTOR = 1.2
 
 
-AXES = ("steps", "tokens", "flops")  # what the fitted x is; preprocessing always works on training steps
+AXES = ("steps", "tokens", "flops", "lr-area")  # what the fitted x is; preprocessing always works on training steps
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Curve:
     x: np.ndarray | None = None  # the fitted axis' values where it is not `step`
     axis: str = "steps"
     x_per_step: float | None = None  # a tokens or FLOPs axis read without a step column: its unit
+    lr: np.ndarray | None = None  # the learning rate of each row's update, where the log has it
+    lr_time: dict | None = None  # on the lr-area axis: how S was built and where the decay phase was cut
 
     @property
     def axis_values(self) -> np.ndarray:
@@ -52,7 +54,7 @@ class Curve:
     def truncated(self, keep: np.ndarray) -> "Curve":
         """The same curve restricted to the rows `keep` (a boolean mask)."""
         return dataclasses.replace(self, step=self.step[keep], loss=self.loss[keep],
-                                   x=None if self.x is None else self.x[keep])
+                                   x=None if self.x is None else self.x[keep], lr=None if self.lr is None else self.lr[keep])
 
 
 def _row(i: int) -> str:
@@ -112,10 +114,11 @@ def resolve_duplicates(step: np.ndarray, loss: np.ndarray, policy: str, source: 
 
 
 def validate_curve(step, loss, source: str = "curve", on_duplicate: str = "last", x=None, axis: str = "steps",
-                   x_per_step: float | None = None) -> Curve:
+                   x_per_step: float | None = None, lr=None) -> Curve:
     """Refuse what would silently corrupt a fit; rows are numbered as in a CSV with a header.
 
-    `x` is the fitted axis where it is not `step` (tokens, FLOPs): it must rise with the steps."""
+    `x` is the fitted axis where it is not `step` (tokens, FLOPs): it must rise with the steps.
+    `lr` (optional) is each row's learning rate: finite and not negative."""
     step = np.asarray(step, dtype=float)
     loss = np.asarray(loss, dtype=float)
     if axis not in AXES:
@@ -137,6 +140,12 @@ def validate_curve(step, loss, source: str = "curve", on_duplicate: str = "last"
         raise CurveError(f"{source}: {_row(i)}: step {step[i]:g} comes after step {step[prev]:g} ({_row(prev)}) "
                          "and is not a repeat of an earlier step; steps must increase")
     kept = kept[np.argsort(step[kept], kind="stable")]  # repeated blocks resolved: the curve in step order
+    if lr is not None:
+        lr = np.asarray(lr, dtype=float)
+        bad = np.flatnonzero(~(np.isfinite(lr) & (lr >= 0)))
+        if bad.size:
+            raise CurveError(f"{source}: {_row(bad[0])}: lr is {lr[bad[0]]:g}; a learning rate must be finite and not negative")
+        lr = lr[kept]
     if x is not None:
         x = np.asarray(x, dtype=float)[kept]
         _check_values(axis, x, source)
@@ -144,7 +153,7 @@ def validate_curve(step, loss, source: str = "curve", on_duplicate: str = "last"
             j = int(np.flatnonzero(np.diff(x) <= 0)[0])
             raise CurveError(f"{source}: {axis} {x[j + 1]:g} at step {step[kept][j + 1]:g} does not rise above "
                              f"{x[j]:g} at step {step[kept][j]:g}; the fitted axis must increase with the steps")
-    return Curve(step[kept], values[kept], source, len(step), record, x, axis, x_per_step)
+    return Curve(step[kept], values[kept], source, len(step), record, x, axis, x_per_step, lr)
 
 
 def infer_x_per_step(x: np.ndarray, source: str) -> float:
@@ -161,7 +170,7 @@ def infer_x_per_step(x: np.ndarray, source: str) -> float:
     return unit
 
 
-AXIS_COLUMN = {"steps": "step", "tokens": "tokens", "flops": "flops"}
+AXIS_COLUMN = {"steps": "step", "tokens": "tokens", "flops": "flops"}  # lr-area: stats/lrtime.py builds it from steps
 
 
 def read_curve_csv(path: str | Path, on_duplicate: str = "last", axis: str = "steps",
@@ -174,7 +183,7 @@ def read_curve_csv(path: str | Path, on_duplicate: str = "last", axis: str = "st
 
     path = Path(path)
     if axis not in AXIS_COLUMN:
-        raise CurveError(f"{path}: axis must be one of {AXES}, got {axis!r}")
+        raise CurveError(f"{path}: a CSV is read on {tuple(AXIS_COLUMN)}, got {axis!r} (lr-area is built from steps: stats.lrtime)")
     if x_per_step is not None and not (math.isfinite(x_per_step) and x_per_step > 0):
         raise CurveError(f"{path}: x_per_step must be a positive number, got {x_per_step!r}")
     try:
@@ -202,7 +211,7 @@ def read_curve_csv(path: str | Path, on_duplicate: str = "last", axis: str = "st
     if len(df) == 0:
         raise CurveError(f"{path}: header only, no data rows")
     cols = {}
-    for c in dict.fromkeys([x_col, "loss"] + (["step"] if "step" in df.columns else [])):
+    for c in dict.fromkeys([x_col, "loss"] + [c for c in ("step", "lr") if c in df.columns]):
         text_col = df[c].str.strip()
         empty = np.flatnonzero(text_col == "")
         if empty.size:
@@ -214,7 +223,7 @@ def read_curve_csv(path: str | Path, on_duplicate: str = "last", axis: str = "st
             raise CurveError(f"{path}: {_row(i)}: {c} {df[c].iloc[i]!r} is not a number")
         cols[c] = num.to_numpy(dtype=float)
     if axis == "steps":
-        return validate_curve(cols["step"], cols["loss"], str(path), on_duplicate)
+        return validate_curve(cols["step"], cols["loss"], str(path), on_duplicate, lr=cols.get("lr"))
     x = cols[x_col]
     _check_values(x_col, x, str(path))
     if "step" in cols and x_per_step is None:

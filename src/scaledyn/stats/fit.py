@@ -36,6 +36,7 @@ from .. import atomic
 from ..errors import CurveError
 from .breaktest import NOISE_FREE, BreakTest, break_test, slope_ratio, smooth_null
 from .curve import Curve, Preprocessing, WindowMeans, fit_points, read_curve_csv
+from .lrtime import describe, schedule_verdict, steps_at, to_lr_time
 from .noise import CurveSimulator
 from .options import FitOptions
 from .powerlaws import BNSL_PARAMS, LAWS, SHARPNESS_BOUNDS, LawFit, bnsl_log, fit_bnsl, refine_bnsl, sat_log
@@ -48,6 +49,10 @@ ESTIMANDS = {
     "L_d": "loss where the two asymptotes of the smoothed curve's broken fit meet",
     "r_d": "log-log rate of improvement after the break (smoothed curve)",
     "L_T_hat": "two-segment extrapolation of the smoothed curve's broken fit to the last step",
+}
+STEP_ESTIMANDS = {  # a fit on learning-rate time (axis lr-area) also gives its breaks in steps
+    "t_d_steps": "the step where learning-rate time reaches t_d (the map S -> step is monotone: its interval is t_d's, mapped)",
+    "t_d_corrected_steps": "the step where learning-rate time reaches t_d_corrected",
 }
 BASIN_SHIFT = 0.2  # a refit whose break moved by more than this in log steps from the home basin's
 MAX_STEP_GRID = 5e7  # longest per-step grid rebuilt to remove the lag of a curve that arrives smoothed
@@ -170,6 +175,16 @@ class BrokenPowerLawFit:
     lag_note: str = ""
     notes: list[str] = field(default_factory=list)
     input_warnings: list[dict] = field(default_factory=list)  # found while reading and preprocessing
+    lr_time: dict | None = None  # axis lr-area: how S was built, and the map S -> step at the fitted points
+    schedule: dict | None = None  # axis steps: the schedule verdict against a fit on learning-rate time
+
+    @property
+    def estimands(self) -> dict:
+        return {**ESTIMANDS, **(STEP_ESTIMANDS if self.lr_time else {})}
+
+    def to_steps(self, S):
+        """Learning-rate time -> steps along this fit's map (axis lr-area only)."""
+        return steps_at(S, np.array(self.lr_time["map"]["step"]), np.array(self.lr_time["map"]["S"]))
 
     # ------------------------------------------------------------------ reading the results
 
@@ -191,6 +206,9 @@ class BrokenPowerLawFit:
         """The broken fit's t_d, L_d, r_d, L_T_hat (whatever the verdict), and t_d_corrected."""
         d = derived(self.broken.theta, self.T)
         d["t_d_corrected"] = None if self.corrected is None else float(math.exp(self.corrected[3]))
+        if self.lr_time:
+            d["t_d_steps"] = self.to_steps(d["t_d"])
+            d["t_d_corrected_steps"] = None if d["t_d_corrected"] is None else self.to_steps(d["t_d_corrected"])
         return d
 
     def draws(self) -> np.ndarray:
@@ -211,7 +229,7 @@ class BrokenPowerLawFit:
     def _intervals(self, alpha: float) -> tuple[dict, list[dict]]:
         """Every estimand's basic bootstrap interval, and the warnings forming them raised."""
         if not len(self.roots):
-            return {k: None for k in ESTIMANDS}, []
+            return {k: None for k in self.estimands}, []
         est = on_scale(self.broken.theta, self.T)
         lo, hi = basic_interval(est, self.draws() - est, alpha)
         events = []
@@ -234,6 +252,9 @@ class BrokenPowerLawFit:
             out["t_d_corrected"] = [out["t_d"][0] * shift, out["t_d"][1] * shift]
         else:
             out["t_d_corrected"] = None
+        if self.lr_time:  # S -> step is monotone: the mapped interval covers the mapped estimand as often
+            for k in ("t_d", "t_d_corrected"):
+                out[f"{k}_steps"] = None if out[k] is None else [self.to_steps(v) for v in out[k]]
         if out["r_d"][0] <= 0:
             events.append(warning("r_d_not_positive", "the r_d interval includes values <= 0 (no improvement after t_d)"))
         return out, events
@@ -286,19 +307,25 @@ class BrokenPowerLawFit:
                  f"Smooth null:     {t.null_law.replace('_', ' ')}; SSE null / broken = {t.sse_null / max(t.sse_broken, 1e-300):.3g}",
                  f"Fitted points:   {self.n_points}, {self.axis} {self.fit_range[0]:g} .. {self.fit_range[1]:g} "
                  f"({', '.join(f'{k} {v}' for k, v in self.preprocessing.items())})",
-                 "-" * 72, f"{'broken fit':<16}{'estimate':>12}   95% interval (bootstrap)"]
-        for k in ESTIMANDS:
+                 "-" * 72, f"{'broken fit':<20}{'estimate':>12}   95% interval (bootstrap)"]
+        for k in self.estimands:
             iv = ci.get(k)
             v = d[k]
-            lines.append(f"{k:<16}" + (f"{v:>12.5g}" if v is not None else f"{'-':>12}") + "   "
+            lines.append(f"{k:<20}" + (f"{v:>12.5g}" if v is not None else f"{'-':>12}") + "   "
                          + (f"[{iv[0]:.5g}, {iv[1]:.5g}]" if iv else "-"))
         ratio = "-" if d["slope_ratio"] is None else f"{d['slope_ratio']:.3g}"
-        lines += [f"{'c0, c1, f1':<16}{d['c0']:.4g}, {d['c1']:.4g}, {d['f1']:.3g};  slope ratio c0/r_d = {ratio}",
-                  f"{'L_T (smoothed)':<16}{self.L_T:>12.5g}", "-" * 72,
+        lines += [f"{'c0, c1, f1':<20}{d['c0']:.4g}, {d['c1']:.4g}, {d['f1']:.3g};  slope ratio c0/r_d = {ratio}",
+                  f"{'L_T (smoothed)':<20}{self.L_T:>12.5g}", "-" * 72,
                   "t_d, L_d, r_d, L_T_hat: of the smoothed curve (compare with published values); "
-                  "t_d_corrected: the smoothing lag removed.",
+                  "t_d_corrected: the smoothing lag removed." + (" On learning-rate time S; *_steps: mapped back to "
+                                                                 "steps." if self.lr_time else ""),
                   f"Bootstrap: {len(self.roots)} refits, {self.other_basin:.1%} landed in another basin. {self.lag_note}"]
         lines += [f"Note: {n}" for n in [*self.notes, *([t.note] if t.note else [])]]
+        if self.lr_time and self.lr_time["decay_from_step"] is not None:
+            lines.append(f"Note: learning-rate time ends where the rate decays, step {self.lr_time['decay_from_step']} "
+                         f"({self.lr_time['steps_dropped']} steps left out)")
+        if self.schedule:
+            lines.append(f"Schedule verdict: {describe(self.schedule)}")
         lines += [f"Warning [{w['code']}]: {w['message']}" for w in self.warnings()]
         return "\n".join(lines) + "\n"
 
@@ -336,13 +363,17 @@ class BrokenPowerLawFit:
             "power_law": {"b": math.exp(pl.theta[0]), "c0": float(pl.theta[1]), "params": pl.params(),
                           "sse": pl.sse, "rsle": pl.rsle},
             "model": law.law,
-            "estimands": ESTIMANDS,
+            "estimands": self.estimands,
+            "lr_time": self.lr_time,
+            "schedule_verdict": self.schedule["verdict"] if self.schedule else None,
+            "schedule_comparison": self.schedule,
             **{k: d[k] if brk else None for k in ("t_d", "t_d_corrected", "L_d", "r_d")},
+            **{k: d[k] if brk else None for k in STEP_ESTIMANDS if self.lr_time},
             "c0": d["c0"] if brk else float(pl.theta[1]), "c1": d["c1"] if brk else None, "f1": d["f1"] if brk else None,
             "b": d["b"] if brk else math.exp(pl.theta[0]),
             "L_T_hat": d["L_T_hat"] if brk else float(self.predict(self.T)),
             "rsle": law.rsle,
-            "ci": {k: ci[k] if brk else None for k in ESTIMANDS},
+            "ci": {k: ci[k] if brk else None for k in self.estimands},
             "note": _verdict_note(self.verdict),
         }
 
@@ -365,6 +396,7 @@ class BrokenPowerLawFit:
             corrected=None if corrected is None else np.array([corrected[k] for k in BNSL_PARAMS], float),
             axis=j["axis"], x_per_step=j["x_per_step"], lag_note=boot["lag"], notes=list(j.get("notes", [])),
             input_warnings=[w for w in j["warnings"] if w["code"] in INPUT_WARNINGS],
+            lr_time=j["lr_time"], schedule=j["schedule_comparison"],
         )
 
     @classmethod
@@ -547,9 +579,11 @@ def fit_curve(curve: Curve, options: FitOptions | None = None) -> BrokenPowerLaw
     roots, other = bootstrap_intervals(f.x, f.broken, f.noise.simulator, f.noise.base, options.bootstrap, f.rng)
     rows = {"read": curve.rows_read, "used": int(len(curve.step)), "duplicates": curve.duplicates}
     fit_range = (float(np.exp(f.x[0])), float(np.exp(f.x[-1])))
+    lr_time = None if curve.lr_time is None else {
+        **curve.lr_time, "map": {"step": curve.step[f.idx].tolist(), "S": curve.x[f.idx].tolist()}}
     return BrokenPowerLawFit(curve.source, f.pre.to_dict(), rows, int(len(f.idx)), fit_range, f.T, float(f.smooth[-1]),
                              f.broken, f.pl, f.sat, test, roots, other, f.noise.corrected, curve.axis, curve.x_per_step,
-                             f.noise.lag_note, list(f.notes), f.input_warnings)
+                             f.noise.lag_note, list(f.notes), f.input_warnings, lr_time)
 
 
 WINDOW_COLUMNS = ["transient_steps", "end_step", "verdict", "p_value", "t_d", "t_d_low", "t_d_high", "slope_ratio", "note"]
@@ -577,7 +611,21 @@ def window_sensitivity(curve: Curve, options: FitOptions, ends=(1.0, 2 / 3)) -> 
 
 
 def read_options_curve(path, options: FitOptions) -> Curve:
+    if options.axis == "lr-area":
+        return to_lr_time(read_curve_csv(path, options.on_duplicate), options.schedule)
     return read_curve_csv(path, options.on_duplicate, options.axis, options.x_per_step)
+
+
+def with_schedule_verdict(fit: BrokenPowerLawFit, curve: Curve, options: FitOptions) -> BrokenPowerLawFit:
+    """The steps fit with its schedule verdict: the same curve fitted on learning-rate time and
+    compared (stats/lrtime.py). Without an lr column or fit.schedule there is nothing to compare:
+    the fit says so in a note and carries no verdict."""
+    if curve.lr is None and options.schedule is None:
+        fit.notes.append("schedule verdict: not classified (the curve has no lr column and no fit.schedule was given)")
+        return fit
+    lr_fit = fit_curve(to_lr_time(curve, options.schedule), dataclasses.replace(options, axis="lr-area"))
+    fit.schedule = schedule_verdict(fit, lr_fit)
+    return fit
 
 
 def window_sensitivity_file(path, out, options: FitOptions | None = None) -> str:
@@ -589,7 +637,10 @@ def window_sensitivity_file(path, out, options: FitOptions | None = None) -> str
 
 def fit_curve_file(path, out, options: FitOptions | None = None) -> BrokenPowerLawFit:
     options = options or FitOptions.defaults()
-    result = fit_curve(read_options_curve(path, options), options)
+    curve = read_options_curve(path, options)
+    result = fit_curve(curve, options)
+    if options.schedule_verdict and options.axis == "steps":
+        result = with_schedule_verdict(result, curve, options)
     atomic.write_json(out, result.to_json())
     return result
 

@@ -17,6 +17,8 @@ class FitOptions(StageOptions):
     subsample: str
     transient_steps: float
     axis: str
+    schedule: dict | None
+    schedule_verdict: bool
     x_per_step: float | None
     input_smoothed: str
     on_duplicate: str

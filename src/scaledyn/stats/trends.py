@@ -141,7 +141,8 @@ def fit_trend(table: pd.DataFrame, target: str) -> ScalingTrend:
 SIZE_COLUMNS = ["run", "size", "seed", "N", "N_total", "verdict", "p_value", "t_d", "t_d_lo", "t_d_hi", "t_d_se",
                 "t_d_corrected", "t_d_corrected_lo", "t_d_corrected_hi", "L_d", "L_d_lo", "L_d_hi", "L_d_se", "r_d",
                 "r_d_lo", "r_d_hi", "r_d_se", "c0", "c0_se", "c1", "f1", "slope_ratio", "L_T_hat", "L_T_hat_lo",
-                "L_T_hat_hi", "L_T", "rsle", "other_basin", "warnings"]
+                "L_T_hat_hi", "L_T", "rsle", "other_basin", "schedule_verdict", "lr_area_verdict", "lr_area_t_d",
+                "lr_area_t_d_steps", "lr_area_t_d_steps_lo", "lr_area_t_d_steps_hi", "warnings"]
 
 
 def per_size_table(fits: list[BrokenPowerLawFit], runs: list[RunRecord]) -> pd.DataFrame:
@@ -156,7 +157,7 @@ def per_size_table(fits: list[BrokenPowerLawFit], runs: list[RunRecord]) -> pd.D
                "N_total": r.total_params, "verdict": f.verdict, "p_value": f.test.p_value,
                "c1": d["c1"], "f1": d["f1"], "slope_ratio": d["slope_ratio"],
                "L_T": f.L_T, "rsle": f.broken.rsle, "other_basin": f.other_basin,
-               "warnings": " ".join(w["code"] for w in f.warnings())}
+               "warnings": " ".join(w["code"] for w in f.warnings()), **schedule_columns(f.schedule)}
         for k in ("t_d", "t_d_corrected", "L_d", "r_d", "L_T_hat", "c0"):
             row[k] = d[k]
             if k != "c0":
@@ -165,6 +166,15 @@ def per_size_table(fits: list[BrokenPowerLawFit], runs: list[RunRecord]) -> pd.D
                 row[f"{k}_se"] = se[k]
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["N", "seed"]).reset_index(drop=True)[SIZE_COLUMNS]
+
+
+def schedule_columns(record: dict | None) -> dict:
+    """The schedule verdict and the learning-rate-time fit's t_d (in S, and in steps with its interval)."""
+    lr = (record or {}).get("lr_area", {})
+    lo, hi = lr.get("ci_t_d_steps") or (None, None)
+    return {"schedule_verdict": record["verdict"] if record else None, "lr_area_verdict": lr.get("verdict"),
+            "lr_area_t_d": lr.get("t_d"), "lr_area_t_d_steps": lr.get("t_d_steps"), "lr_area_t_d_steps_lo": lo,
+            "lr_area_t_d_steps_hi": hi}
 
 
 def _interval(r, k: str, fmt: str) -> str:
