@@ -1,5 +1,6 @@
 """The exploration table of docs/exploration.md: one row per run of one or more finished studies,
-with what the calibrated test says of its training curve and how that moves with the fit window.
+with what the calibrated test says of its training curve, how that moves with the fit window, and
+the schedule verdict (t_d on learning-rate time, mapped to steps) where the fit has one.
 
     snakemake --cores 2 --configfile CANDIDATE.yaml results/fits/<run>.json results/fits/<run>.windows.csv
     python -m benchmarks.explore_table LABEL=RESULTS_DIR [...] [--readme docs/exploration.md] [--block NAME]
@@ -36,21 +37,26 @@ def rows(label: str, results: Path) -> list[dict]:
             "p": fit.test.p_value, "t_d": d["t_d"], "t_d CI": ci["t_d"], "c0/r_d": d["slope_ratio"],
             "windows": f"{len(decel)}/{len(windows)} decel." if len(windows) else "",
             "t_d range": f"{decel['t_d'].min():.0f}–{decel['t_d'].max():.0f}" if len(decel) else "",
-            "train min": minutes})
+            "schedule": fit.schedule, "train min": minutes})
     return sorted(out, key=lambda r: (r["N"], r["run"]))
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| candidate | run | N (non-emb.) | share | verdict | p | t_d [95% CI] | c0/r_d | windows | t_d across windows | train (min, 1 core) |",
-             "|---|---|---:|---:|---|---:|---|---:|---|---|---:|"]
+    lines = ["| candidate | run | N (non-emb.) | share | verdict | p | t_d [95% CI] | c0/r_d | windows | t_d across windows "
+             "| schedule verdict | S axis | t_d on S, in steps [95% CI] | train (min, 1 core) |",
+             "|---|---|---:|---:|---|---:|---|---:|---|---|---|---|---|---:|"]
     for r in table:
         ci = r["t_d CI"]
         t_d = f"{r['t_d']:.0f} [{ci[0]:.0f}, {ci[1]:.0f}]" if ci else f"{r['t_d']:.0f}"
+        sched = r["schedule"] or {"verdict": "", "lr_area": {"verdict": "", "t_d_steps": None}}
+        lr = sched["lr_area"]
+        via = "" if lr["t_d_steps"] is None else (f"{lr['t_d_steps']:.0f} [{lr['ci_t_d_steps'][0]:.0f}, "
+                                                  f"{lr['ci_t_d_steps'][1]:.0f}]")
         ratio = "" if r["c0/r_d"] is None else f"{r['c0/r_d']:.2f}"
         p = "" if r["p"] is None else f"{r['p']:.3g}"
         minutes = "" if r["train min"] is None else f"{r['train min']:.1f}"
         lines.append(f"| {r['candidate']} | {r['run']} | {r['N']:,} | {r['share']:.0%} | {r['verdict']} | {p} | {t_d} | "
-                     f"{ratio} | {r['windows']} | {r['t_d range']} | {minutes} |")
+                     f"{ratio} | {r['windows']} | {r['t_d range']} | {sched['verdict']} | {lr['verdict']} | {via} | {minutes} |")
     return "\n".join(lines) + "\n"
 
 

@@ -132,7 +132,7 @@ def test_fit_json_round_trip_and_the_fit_table(tmp_path):
                         str(tmp_path / "s.json"), "--axis", "lr-area", "--bootstrap", "49"], capture_output=True, text=True)
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["axis"] == "lr-area" and s["schedule_verdict"] is None and s["t_d"] == pytest.approx(500, rel=0.15)
-    assert s["t_d_steps"] == pytest.approx(s["t_d"] + 9, rel=1e-3)  # S = t - 0.45 x 20 after the warm-up
+    assert s["t_d_steps"] == pytest.approx(s["t_d"] + 0.45 * 21, rel=1e-4)  # S = t - 0.45 (20 + 1) after the warm-up
     lo, hi = s["ci"]["t_d_steps"]
     assert lo < s["t_d_steps"] < hi and s["estimands"]["t_d_steps"]
     run = type("Run", (), {"run": "r", "size": "x", "seed": 0, "non_embedding_params": 10, "total_params": 20})

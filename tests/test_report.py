@@ -10,6 +10,7 @@ import pytest
 from scaledyn import report
 from scaledyn.stats.curve import validate_curve
 from scaledyn.stats.fit import fit_curve
+from scaledyn.stats.lrtime import schedule_verdict, to_lr_time
 from scaledyn.stats.options import FitOptions
 from scaledyn.stats.powerlaws import bnsl_log
 from scaledyn.stats.trends import fit_trend
@@ -118,6 +119,24 @@ def test_summary_claims_only_what_verdicts_support(res):
     assert "one seed per size" in text
     text = report.summary_markdown(with_a_break(res))
     assert "deceleration at t_d =" in text and "95% CI" in text
+
+
+def test_summary_says_which_breaks_the_schedule_explains(res):
+    """A break in steps that learning-rate time fits with a smooth law is the schedule's, in words."""
+    broke = with_a_break(res)
+    t = np.arange(1, 3001, dtype=float)
+    smooth = validate_curve(t, np.exp(2 - 0.2 * np.log(t) + np.random.default_rng(0).normal(0, 0.02, 3000)),
+                            lr=np.full(3000, 1e-3))
+    options = dataclasses.replace(FitOptions.defaults(), bootstrap=49)
+    lr_fit = fit_curve(to_lr_time(smooth), dataclasses.replace(options, axis="lr-area"))
+    steps_fit = dataclasses.replace(broke.fits["tiny-6k_s0"], schedule=schedule_verdict(broke.fits["tiny-6k_s0"], lr_fit))
+    assert steps_fit.schedule["verdict"] == "schedule"
+    text = report.summary_markdown(dataclasses.replace(broke, fits={**broke.fits, "tiny-6k_s0": steps_fit}))
+    assert "## Is the bend the schedule's?" in text and "The schedule explains the breaks of tiny-6k_s0" in text
+    assert "tiny-6k_s0: schedule (steps: deceleration, t_d" in text and "learning-rate time S: power_law" in text
+    assert "the breaks of tiny-6k_s0 are the schedule's" in text  # and in what the run does not show
+    table = report.fit_table(dataclasses.replace(broke, fits={**broke.fits, "tiny-6k_s0": steps_fit}).sizes)
+    assert "schedule" in set(table["schedule verdict"])
 
 
 def test_summary_says_plainly_when_no_deceleration_survives_the_windows(res):

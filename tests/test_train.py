@@ -16,6 +16,8 @@ from scaledyn.config import load_study
 from scaledyn.errors import DataError, Preempted
 from scaledyn.layout import RunPaths
 from scaledyn.schedule import Schedule, lr_factor
+from scaledyn.stats.curve import read_curve_csv
+from scaledyn.stats.lrtime import to_lr_time
 from scaledyn.train import checkpoint
 from scaledyn.train.loop import BatchOrder, train
 
@@ -151,6 +153,17 @@ def test_batch_order_is_shared_and_covers_each_epoch():
     assert all((a.rows(s) == b.rows(s)).all() for s in range(1, 8))
     first_epoch = [r for s in range(1, 3) for r in a.rows(s)] + list(a.rows(3)[:2])
     assert sorted(first_epoch) == list(range(10))
+
+
+def test_the_logged_rate_gives_the_schedules_learning_rate_time(reference):
+    """The fit's learning-rate time from a real run's lr column equals the one it rebuilds from the schedule."""
+    spec, _ = reference
+    curve = read_curve_csv(os.path.join(spec.run_dir, "train_log.csv"))
+    from_log = to_lr_time(curve)
+    from_schedule = to_lr_time(curve, {**dataclasses.asdict(spec.schedule), "steps": spec.steps, "lr": spec.lr})
+    assert spec.schedule.warmup_steps > 0 and len(from_log.x) == spec.steps
+    assert from_log.x == pytest.approx(from_schedule.x, rel=1e-5)
+    assert from_log.x[-1] == pytest.approx(spec.steps - (1 - 0.1) / 2 * (spec.schedule.warmup_steps + 1), rel=1e-6)
 
 
 def test_schedules():

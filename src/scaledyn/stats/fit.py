@@ -396,7 +396,7 @@ class BrokenPowerLawFit:
             corrected=None if corrected is None else np.array([corrected[k] for k in BNSL_PARAMS], float),
             axis=j["axis"], x_per_step=j["x_per_step"], lag_note=boot["lag"], notes=list(j.get("notes", [])),
             input_warnings=[w for w in j["warnings"] if w["code"] in INPUT_WARNINGS],
-            lr_time=j["lr_time"], schedule=j["schedule_comparison"],
+            lr_time=j.get("lr_time"), schedule=j.get("schedule_comparison"),  # absent from fits before the S axis
         )
 
     @classmethod

@@ -148,16 +148,17 @@ def schedule_verdict(steps_fit, lr_fit) -> dict:
 
 
 def describe(record: dict | None) -> str:
-    """One line on a run's schedule verdict, with t_d on both axes where each found a deceleration."""
+    """One line on a run's schedule verdict, with t_d on both clocks where each found a deceleration."""
     if record is None:
         return "not classified (no lr column or schedule)"
     s, a = record["steps"], record["lr_area"]
 
-    def at(d, key, unit):
+    def value(d: dict, key: str) -> str:
         iv = d[f"ci_{key}"]
-        return f"{d[key]:.0f} {unit} ({iv[0]:.0f}-{iv[1]:.0f})" if d[key] is not None and iv else "none"
+        return f"{d[key]:.0f}" + (f" (95% CI {iv[0]:.0f}-{iv[1]:.0f})" if iv else "")
 
-    cut = "" if a["decay_from_step"] is None else f"; S axis ends at the decay, step {a['decay_from_step']}"
-    return (f"{record['verdict']}: t_d in steps {at(s, 't_d', 'steps')}; in learning-rate time "
-            f"{at(a, 't_d', 'S')}, i.e. step {at(a, 't_d_steps', '')}".replace(" ()", "").replace("  ", " ")
-            + f" [S axis: {a['verdict']}, p = {a['p_value']:.3g}{cut}]")
+    steps = s["verdict"] + ("" if s["t_d"] is None else f", t_d {value(s, 't_d')}")
+    lr = f"{a['verdict']} (p = {a['p_value']:.3g})" + ("" if a["t_d"] is None else
+                                                      f", t_d {value(a, 't_d')}, i.e. step {value(a, 't_d_steps')}")
+    cut = "" if a["decay_from_step"] is None else f"; S ends where the rate decays, step {a['decay_from_step']}"
+    return f"{record['verdict']} (steps: {steps}; learning-rate time S: {lr}{cut})"
