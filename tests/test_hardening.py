@@ -378,5 +378,30 @@ def test_bad_json_arguments_are_one_line(args, message):
     assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["fit-curve", "{curve}", "--out", "f.json", "--alpha", "2"], "--alpha: 2.0 is greater than the maximum of 0.5"),
+    (["fit-curve", "{curve}", "--out", "f.json", "--transient-steps", "-50"], "--transient-steps: -50.0 is less than"),
+    (["fit-curve", "{curve}", "--out", "f.json", "--seed", "-3"], "--seed: -3 is less than the minimum of 0"),
+    (["fit-curve", "{curve}", "--out", "f.json", "--bootstrap", "19"], "--bootstrap: 19 is less than the minimum of 20"),
+    (["fit-curve", "{curve}", "--out", "f.json", "--alpha", "0.01", "--bootstrap", "50"],
+     "--bootstrap: 50 draws can never give p < alpha = 0.01"),
+    (["launch", "--gpus", "-1", "--", "train", "--help"], "--gpus: must be 0 (CPU) or more, got -1"),
+    (["launch", "--nodes", "0", "--", "train", "--help"], "--nodes: must be at least 1, got 0")])
+def test_flags_are_checked_like_their_config_keys(tmp_path, args, message):
+    curve = tmp_path / "c.csv"
+    curve.write_text("step,loss\n" + "".join(f"{t},{3 * t ** -0.1:.6f}\n" for t in range(1, 400)))
+    out = scaledyn(*[a.format(curve=curve) for a in args])
+    assert out.returncode != 0 and message in out.stderr.strip().splitlines()[-1], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_fit_windows_on_a_curve_too_short_for_a_window_says_so(tmp_path):
+    (tmp_path / "one.csv").write_text("step,loss\n1,2.0\n")
+    out = scaledyn("fit-windows", tmp_path / "one.csv", "--out", tmp_path / "w.csv")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    w = pd.read_csv(tmp_path / "w.csv")
+    assert len(w) == 6 and set(w["verdict"]) == {"unfit"} and "no logged step in this window" in set(w["note"])
+
+
 def test_preempted_exit_code_is_distinct_from_divergence():
     assert Preempted.exit_code == 75 and checkpoint.CheckpointError.exit_code == 1

@@ -597,7 +597,10 @@ def window_sensitivity(curve: Curve, options: FitOptions, ends=(1.0, 2 / 3)) -> 
     for end in ends:
         part = curve.truncated(curve.step <= curve.step[-1] * end)
         for transient in (options.transient_steps / 2, options.transient_steps, options.transient_steps * 2):
-            row = {"transient_steps": transient, "end_step": int(part.step[-1])}
+            row = {"transient_steps": transient, "end_step": int(curve.step[-1] * end)}
+            if not len(part.step):
+                rows.append({**row, "verdict": "unfit", "note": "no logged step in this window"})
+                continue
             try:
                 f = fit_curve(part, dataclasses.replace(options, transient_steps=transient))
             except CurveError as e:

@@ -29,6 +29,8 @@ import socket
 import subprocess
 import sys
 
+from ..errors import ConfigError
+
 
 def accelerator(bf16: bool):
     """The Accelerator of a launched process.
@@ -80,8 +82,10 @@ def command(args: list[str], gpus: int = 0, nodes: int = 1, port: int | None = N
     """argv to run `scaledyn <args>` (for multi-node: a bash -c line for the batch shell)."""
     if args and args[0] == "--":
         args = args[1:]
-    if nodes < 1 or gpus < 0:
-        raise ValueError(f"launch: need nodes >= 1 and gpus >= 0, got nodes={nodes} gpus={gpus}")
+    if nodes < 1:
+        raise ConfigError(f"--nodes: must be at least 1, got {nodes}")
+    if gpus < 0:
+        raise ConfigError(f"--gpus: must be 0 (CPU) or more, got {gpus}")
     module = ["-m", "scaledyn", *args]
     if nodes == 1 and gpus <= 1:
         if gpus == 0:
