@@ -322,8 +322,9 @@ def test_outputs_follow_the_umask(tiny_config, tiny_data, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     paths = RunPaths(spec.run_dir)
     assert (paths.checkpoint(2).stat().st_mode & 0o777) == 0o775
-    for f in (paths.run_json, paths.train_log, paths.marker(2), paths.checkpoint(2) / checkpoint.STATE):
-        assert (f.stat().st_mode & 0o777) == 0o664, f
+    for f in (paths.run_json, paths.train_log, paths.marker(2), *paths.checkpoint(2).iterdir()):
+        assert (f.stat().st_mode & 0o777) == 0o664, f  # the weights too (safetensors writes them 0600)
+    assert (paths.checkpoint(2) / "model.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------- 13: one-line errors

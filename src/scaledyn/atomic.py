@@ -66,13 +66,15 @@ def write_json(path: str | Path, obj) -> None:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path):
     """Yield a temporary directory that is renamed to `path` (replacing it) if the block succeeds.
-    Its name is `.<name>.<random>.tmp`: see `remove_stale_dirs`."""
+    Its name is `.<name>.<random>.tmp`: see `remove_stale`. Files that a library wrote into it
+    privately (safetensors writes its weights 0600) are given the umask's mode before the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~UMASK)
     try:
         yield tmp
+        follow_umask(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -83,6 +85,15 @@ def atomic_dir(path: str | Path):
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def follow_umask(folder: Path) -> None:
+    """Every file and directory under `folder` gets the mode a plain open() or mkdir() would give."""
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(Path(root) / d, 0o777 & ~UMASK)
+        for f in files:
+            os.chmod(Path(root) / f, 0o666 & ~UMASK)
 
 
 def remove_stale(folder: str | Path, prefix: str) -> list[Path]:
