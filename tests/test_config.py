@@ -45,12 +45,22 @@ def test_paper_preset_is_valid():
         ({"train": {"steps": 0}}, "train.steps: 0 is less than the minimum of 1"),
         ({"trian": {}}, "Additional properties are not allowed ('trian' was unexpected)"),
         ({"model": {"sizes": ["odd"], "custom": {"odd": {"d_model": 30, "n_layers": 1, "n_heads": 4}}}}, "not divisible by n_heads"),
+        ({"train": {"steps": 150}}, "fit.transient_steps: 100 leaves 5 fitted points of a 150-step run (train.steps)"),
+        ({"slurm": {"gpus": {"tiny-25": 1}}}, "slurm.gpus.tiny-25: not a size of this study (sizes: tiny-11k)"),
+        ({"slurm": {"nodes": {"14M": 2}}}, "slurm.nodes.14M: not a size of this study"),
+        ({"fit": {"schedule": {"kind": "cosine"}}}, "fit.schedule: 'steps' is a required property"),
     ],
 )
 def test_bad_config_names_key_and_allowed(override, fragment):
     with pytest.raises(ConfigError) as e:
         load_study(override)
     assert fragment in str(e.value)
+
+
+def test_empty_config_file_is_refused_as_snakemake_refuses_it(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="empty.yaml is empty; write at least one key"):
+        load_study(tmp_path / "empty.yaml")
 
 
 def test_custom_size_with_explicit_dimensions():

@@ -19,6 +19,7 @@ from scaledyn.analysis import losses
 from scaledyn.analysis.evaluate import evaluate_checkpoint
 from scaledyn.analysis.options import EvaluateOptions
 from scaledyn.data.tokens import TokenData
+from scaledyn.errors import DataError
 from scaledyn.layout import LossesPaths, RunPaths
 from scaledyn.train.model import CheckpointError, load_model
 
@@ -27,7 +28,7 @@ FP16 = dataclasses.replace(EvaluateOptions.defaults(), token_dtype="float16")
 
 def test_partition_layout_and_schema(tiny_study):
     root = tiny_study.losses.dir
-    parts = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet"))
+    parts = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet") if p != tiny_study.losses.guard)
     assert "tokens/tiny-1k_s0/step_64.parquet" in parts  # the documented layout, spelled out
     assert "sequences/tiny-6k_s0/step_1.parquet" in parts and len(parts) == 2 * 2 * 7
     f = tiny_study.losses.partition("tokens", "tiny-1k_s0", 64)
@@ -64,16 +65,21 @@ def test_losses_match_the_models_own_loss(tiny_study):
 TYPES = {"run": "string", "step": "int64", "example_id": "int64", "loss": "float32"}
 
 
-def five_readers(folder: Path) -> dict[str, tuple[int, dict]]:
-    """Row count and the key columns' types, as five tools see a granularity folder, plain calls."""
+def five_readers(folder: Path, only: str | None = None) -> dict[str, tuple[int, dict]]:
+    """Row count and the key columns' types, as five tools see a folder, plain calls (`only`: that tool's read alone)."""
     import datasets
     import polars as pl
 
-    pdf = pd.read_parquet(folder)
-    pa_t = ds.dataset(folder, format="parquet", schema=pq.read_schema(next(folder.rglob("*.parquet")))).to_table()
-    duck = duckdb.sql(f"SELECT * FROM read_parquet('{folder}/**/*.parquet')")
-    pol = pl.scan_parquet(f"{folder}/**/*.parquet")
-    hf = datasets.load_dataset("parquet", data_files=f"{folder}/**/*.parquet", split="train")
+    reads = {
+        "pandas": lambda: pd.read_parquet(folder),
+        "pyarrow": lambda: ds.dataset(folder, format="parquet").to_table(),
+        "duckdb": lambda: duckdb.sql(f"SELECT * FROM read_parquet('{folder}/**/*.parquet')"),
+        "polars": lambda: pl.scan_parquet(f"{folder}/**/*.parquet").collect(),
+        "datasets": lambda: datasets.load_dataset("parquet", data_files=f"{folder}/**/*.parquet", split="train"),
+    }
+    if only:
+        return reads[only]()
+    pdf, pa_t, duck, pol, hf = (read() for read in reads.values())
     spelling = {"str": "string", "String": "string", "VARCHAR": "string", "large_string": "string",
                 "Int64": "int64", "BIGINT": "int64", "Float32": "float32", "FLOAT": "float32", "float": "float32"}
     canon = lambda t: spelling.get(str(t), str(t))  # noqa: E731  each tool's name for the same type
@@ -81,9 +87,22 @@ def five_readers(folder: Path) -> dict[str, tuple[int, dict]]:
         "pandas": (len(pdf), {c: canon(pdf[c].dtype) for c in TYPES}),
         "pyarrow": (pa_t.num_rows, {c: canon(pa_t.schema.field(c).type) for c in TYPES}),
         "duckdb": (duck.count("*").fetchall()[0][0], {c: canon(t) for c, t in zip(duck.columns, duck.types) if c in TYPES}),
-        "polars": (pol.select(pl.len()).collect().item(), {c: canon(t) for c, t in pol.collect_schema().items() if c in TYPES}),
+        "polars": (len(pol), {c: canon(t) for c, t in pol.schema.items() if c in TYPES}),
         "datasets": (len(hf), {c: canon(hf.features[c].dtype) for c in TYPES}),
     }
+
+
+def test_five_readers_refuse_the_folders_above_the_tables(tiny_study, tmp_path):
+    """The dataset root (and the results folder, and an export's root) hold two tables: every reader
+    fails there, naming the guard file that says which folder to read, instead of mixing them."""
+    export = losses.export(tiny_study.root, tmp_path / "share")
+    for folder in (tiny_study.losses.dir, tiny_study.root, export):
+        for tool in ("pandas", "pyarrow", "duckdb", "polars", "datasets"):
+            with pytest.raises(Exception) as e:
+                five_readers(folder, only=tool)
+            assert "parquet" in str(e.value).lower() or "PAR1" in str(e.value), (folder, tool, e.value)
+    for folder in (tiny_study.losses.dir, export):
+        assert "read sequences/ or tokens/" in LossesPaths(folder).guard.read_text()
 
 
 @pytest.mark.parametrize("granularity", ["sequences", "tokens"])
@@ -197,4 +216,37 @@ def test_export_archive_opens_without_the_workflow(tiny_study, tmp_path):
     assert list(ex.iloc[0]["token_ids"]) == list(data.split("eval")[0])
     assert tok.decode(list(ex.iloc[0]["token_ids"]))  # the colleague can read what the losses are of
     seq = back.load("sequences", runs=["tiny-6k_s0"], steps=[64])
-    assert len(seq) == 24 + 16 and back.runs["run"].tolist() == ["tiny-1k_s0", "tiny-6k_s0"]
+    assert len(seq) == 24 + 16 and back.runs["run"].tolist() == ["tiny-6k_s0"]  # --runs filters the run table too
+    with pytest.raises(DataError, match="no run 'tiny-1k_s0' in this table; it holds tiny-6k_s0"):
+        back.load("sequences", runs=["tiny-1k_s0"])
+    with pytest.raises(DataError, match="--runs: 'nope' has no losses"):
+        losses.export(tiny_study.root, tmp_path / "other.tar.gz", runs=["nope"])
+
+
+def test_two_versions_of_an_archive_unpack_apart(tiny_study, tmp_path):
+    """share.v1.tar.gz and share.v2.tar.gz once shared one unpack folder: v2 read back v1's runs."""
+    v1 = losses.export(tiny_study.root, tmp_path / "share.v1.tar.gz", runs=["tiny-1k_s0"])
+    v2 = losses.export(tiny_study.root, tmp_path / "share.v2.tar.gz", runs=["tiny-6k_s0"])
+    assert losses.read_export(v1).runs["run"].tolist() == ["tiny-1k_s0"]
+    assert losses.read_export(v2).runs["run"].tolist() == ["tiny-6k_s0"]
+    assert set(losses.read_export(v2).load("tokens")["run"]) == {"tiny-6k_s0"}
+    v1.write_bytes(v2.read_bytes())  # the same name, new content: a new folder
+    assert losses.read_export(v1).runs["run"].tolist() == ["tiny-6k_s0"]
+
+
+def test_export_is_a_hugging_face_dataset_with_a_card(tiny_study, tmp_path):
+    """load_dataset(<export folder>, <table>) finds each table by the card's YAML header."""
+    import datasets
+    import yaml
+
+    out = losses.export(tiny_study.root, tmp_path / "share", runs=["tiny-6k_s0"])
+    card = (out / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert {c["config_name"] for c in header["configs"]} == {"sequences", "tokens", "examples", "runs"}
+    assert header["license"] == "other" and "## Provenance" in card and "## Citation" in card
+    assert "`tiny-6k_s0`: tiny-6k, seed 0" in card and "tiny-1k_s0" not in card and "corpus: stdlib" in card
+    runs = datasets.load_dataset(str(out), "runs", cache_dir=str(tmp_path / "cache"))["train"]
+    assert runs["run"] == ["tiny-6k_s0"]
+    tokens = datasets.load_dataset(str(out), "tokens", cache_dir=str(tmp_path / "cache"))["train"]
+    assert set(tokens.unique("run")) == {"tiny-6k_s0"} and "position" in tokens.column_names
+    assert len(tokens) == len(losses.load(out, "tokens"))

@@ -264,6 +264,31 @@ def _check_steps(cfg: dict, ckpts: set[int]) -> None:
             raise ConfigError(f"config: report.histogram_steps[{i}]: step {s} is not a checkpoint step")
 
 
+def _check_fit(cfg: dict) -> None:
+    """A trained run's curve must leave the fit enough points after its transient cut, known
+    before any training (the fit needs 7; fit_run would fail only after the whole run)."""
+    if not cfg["model"]["sizes"]:
+        return
+    import numpy as np
+
+    from .stats.curve import Preprocessing, fit_points
+
+    fit, steps = cfg["fit"], cfg["train"]["steps"]
+    grid = np.arange(1, steps + 1, dtype=float)
+    n = len(fit_points(grid, grid, Preprocessing(fit["smoothing"], fit["subsample"], fit["transient_steps"], "no"))[0])
+    if n < 7:
+        raise ConfigError(f"config: fit.transient_steps: {fit['transient_steps']:g} leaves {n} fitted points of a "
+                          f"{steps}-step run (train.steps); a one-break fit needs at least 7: train longer or lower it")
+
+
+def _check_slurm_sizes(cfg: dict, sizes) -> None:
+    for key in ("gpus", "nodes"):
+        for name in cfg["slurm"][key]:
+            if name not in sizes:
+                raise ConfigError(f"config: slurm.{key}.{name}: not a size of this study (sizes: "
+                                  f"{', '.join(sizes) or 'none'})")
+
+
 def _check_budget(cfg: dict) -> None:
     data = cfg["data"]
     needed = (data["eval_sequences"] + data["heldout_batches"] * cfg["train"]["batch_size"]) * data["seq_len"]
@@ -279,11 +304,14 @@ def load_study(source: str | Path | dict, overrides: dict | None = None) -> Stud
     else:
         path = Path(source)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"config: file not found: {path}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config: {path} is not valid YAML: {e}") from None
+        if raw is None:  # Snakemake refuses an empty config file too: both say so
+            raise ConfigError(f"config: {path} is empty; write at least one key (for example `study: my-study`) "
+                              "or leave --config out for the defaults")
     if overrides:
         raw = _merge(raw, overrides)
     _check_finite(raw)
@@ -296,6 +324,8 @@ def load_study(source: str | Path | dict, overrides: dict | None = None) -> Stud
     _check_train(cfg["train"])
     _check_steps(cfg, set(study.checkpoint_steps))
     _check_budget(cfg)
+    _check_fit(cfg)
+    _check_slurm_sizes(cfg, list(study.sizes))
     return study
 
 

@@ -45,10 +45,17 @@ def staging(dataset: str | Path) -> Path:
 
 
 class LossesPaths:
-    """A per-example loss dataset: one hive-partitioned Parquet dataset per granularity."""
+    """A per-example loss dataset: one Parquet table per granularity, a folder per run, a file per step.
+
+    The root holds two tables with different columns; `guard` is a text file named *.parquet there,
+    so that a reader pointed at the root (or at a folder above it) fails loudly, naming the file
+    that says which folder to read, instead of silently mixing the tables."""
+
+    GUARD = "NOT-ONE-TABLE--read-sequences-or-tokens.parquet"
 
     def __init__(self, root: str | Path):
         self.dir = Path(root)
+        self.guard = self.dir / self.GUARD
 
     def dataset(self, granularity: str) -> Path:
         return self.dir / granularity

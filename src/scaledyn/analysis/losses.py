@@ -129,7 +129,19 @@ def write_partition(dataset: str | Path, run: str, step: int, columns: dict, gra
     atomic.remove_stale(staging(dataset), tag)  # left by a killed writer of this very file
     with atomic.atomic_path(path, staging(dataset), tag) as tmp:
         pq.write_table(table, tmp, compression="zstd", use_dictionary=["run", "split"], write_statistics=True)
+    guard(dataset.parent)
     return path
+
+
+GUARD_TEXT = ("This is not a Parquet file. This folder holds two tables with different columns, one per folder: "
+              "read sequences/ or tokens/ (or ask scaledyn.analysis.losses.load), never the folder above them.\n")
+
+
+def guard(root: Path) -> None:
+    """Put the two-tables guard (LossesPaths.guard) into a folder that holds both granularities."""
+    path = LossesPaths(root).guard
+    if not path.exists():
+        atomic.write_text(path, GUARD_TEXT)
 
 
 ZSL_COLUMNS = ["run", "size", "seed", "step", "step_next", "dt", "variant", "split", "granularity", "n",
@@ -185,16 +197,24 @@ def dataset(root, granularity: str = "sequences") -> ds.Dataset:
 
 
 def load(root, granularity: str = "sequences", runs=None, steps=None, splits=None, columns=None, arrow: bool = False):
-    """Read a slice of the loss dataset; the filters skip files by their statistics.
+    """Read a slice of the loss dataset; the filters skip files by their statistics. A run that the
+    dataset does not hold is an error that names it, not an empty table.
 
     >>> load("results/losses", "tokens", runs=["tiny-11k_s0"], steps=[64], splits=["eval"])
     """
+    data = dataset(root, granularity)
+    if runs is not None:
+        path = LossesPaths(root).dataset(granularity)
+        known = sorted(p.name for p in path.iterdir() if p.is_dir())
+        missing = [r for r in runs if r not in known]
+        if missing:
+            raise DataError(f"{path}: no run {missing[0]!r} in this table; it holds {', '.join(known) or 'none'}")
     filt = None
     for name, values in (("run", runs), ("step", steps), ("split", splits)):
         if values is not None:
             expr = ds.field(name).isin(list(values))
             filt = expr if filt is None else filt & expr
-    table = dataset(root, granularity).to_table(columns=columns, filter=filt)
+    table = data.to_table(columns=columns, filter=filt)
     return table if arrow else table.to_pandas()
 
 
@@ -222,7 +242,7 @@ def write_run_table(run_dirs, out, study: str = "") -> pa.Table:
 # ----------------------------------------------------------------------------- sharing
 
 
-CARD = """# Per-example losses (scaledyn export)
+CARD = """# Per-example losses (scaledyn export): {study}
 
 Losses of every evaluation and held-out example at every checkpoint of the runs in `runs.parquet`.
 `schema.json` documents every column; every Parquet file carries the same descriptions.
@@ -239,18 +259,89 @@ Read a granularity folder with any Parquet reader; run and step are columns of e
     pyarrow    pyarrow.dataset.dataset("tokens", format="parquet")
     DuckDB     SELECT * FROM read_parquet('tokens/**/*.parquet')
     Polars     pl.scan_parquet("tokens/**/*.parquet")
-    datasets   load_dataset("parquet", data_files="tokens/**/*.parquet")
+    datasets   load_dataset("<this folder>", "tokens")   (the tables are named in the header above)
     scaledyn   scaledyn.analysis.losses.read_export("<this folder or archive>")
+
+## Runs
+
+{runs}
+
+## Provenance
+
+- corpus: {corpus}
+- data manifest sha256 `{manifest}` (in `runs.parquet` as `data_manifest_sha256`, with each run's
+  `config_hash`); tokenizer: `tokenizer/`, {n_tokens:,} tokens prepared, sequences of {seq_len}
+- written by scaledyn {version}
+
+## License
+
+The losses are measurements of the runs above. The texts they are of (`examples.parquet`, decoded
+with `tokenizer/`) come from the corpus named above, whose license governs them: check it before
+you share this dataset further.
+
+## Citation
+
+The method these tables serve:
+
+    @inproceedings{{mircea2025training,
+      title     = {{Training Dynamics Underlying Language Model Scaling Laws: Loss Deceleration and Zero-Sum Learning}},
+      author    = {{Mircea, Andrei and others}},
+      booktitle = {{Proceedings of ACL 2025}},
+      year      = {{2025}},
+      note      = {{arXiv:2506.05447}}
+    }}
 """
+TABLES = {"sequences": "sequences/*/*.parquet", "tokens": "tokens/*/*.parquet", "examples": "examples.parquet",
+          "runs": "runs.parquet"}
+
+
+def dataset_card(layout: Layout, runs: pa.Table) -> str:
+    """README.md in the Hugging Face datasets convention: a YAML header naming each table (so
+    load_dataset(folder, name) finds it), the runs, the corpus and its hashes."""
+    import yaml
+
+    from .. import __version__
+
+    manifest = json.loads(layout.data.manifest.read_text())
+    corpus = manifest["corpus"]
+    what = corpus.get("wheels") or corpus.get("packages") or corpus.get("files") or corpus.get("dataset") or ""
+    header = {"configs": [{"config_name": k, "data_files": v} for k, v in TABLES.items()], "license": "other",
+              "tags": ["scaledyn", "training-dynamics", "per-example-losses", "loss-deceleration"]}
+    rows = runs.to_pylist()
+    lines = [f"- `{r['run']}`: {r['size']}, seed {r['seed']}, {r['non_embedding_params']:,} non-embedding parameters, "
+             f"{r['steps']:,} steps of {r['tokens_per_step']:,} tokens" for r in rows]
+    studies = sorted({r["study"] for r in rows if r["study"]})
+    return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + CARD.format(
+        study=", ".join(studies) or "a scaledyn study", runs="\n".join(lines) or "(none)",
+        corpus=f"{corpus['source']} {json.dumps(what)}" if what else corpus["source"],
+        manifest=sha256(layout.data.manifest), n_tokens=manifest["n_tokens"], seq_len=manifest["seq_len"],
+        version=__version__)
+
+
+ARCHIVES = ((".tar.gz", "gztar"), (".tgz", "gztar"), (".tar", "tar"), (".zip", "zip"))
+
+
+def _archive(path: Path) -> tuple[str, str | None]:
+    """An archive's name without its suffix, and shutil's format name (None: not an archive)."""
+    for suffix, fmt in ARCHIVES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)], fmt
+    return path.name, None
 
 
 def export(results, out, runs=None) -> Path:
     """Pack a study's loss datasets, run table, schema, tokenizer and example token ids (plus a
-    README card) into a directory or a .tar.gz/.tar/.zip archive."""
+    README card) into a directory or a .tar.gz/.tar/.zip archive; `runs` keeps only those runs,
+    in every table."""
     layout, out = Layout(results), Path(out)
-    archive = next((fmt for suf, fmt in ((".tar.gz", "gztar"), (".tgz", "gztar"), (".tar", "tar"), (".zip", "zip"))
-                    if out.name.endswith(suf)), None)
-    stage = out.with_name(out.name.split(".")[0] + ".staging") if archive else out
+    stem, archive = _archive(out)
+    stage = out.with_name(f".{out.name}.staging") if archive else out
+    if runs:
+        known = {p.name for g in GRANULARITIES if layout.losses.dataset(g).is_dir() for p in layout.losses.dataset(g).iterdir()}
+        missing = [r for r in runs if r not in known]
+        if missing:
+            raise DataError(f"--runs: {missing[0]!r} has no losses in {layout.losses.dir}; runs there: "
+                            f"{', '.join(sorted(known)) or 'none'}")
     with atomic.atomic_dir(stage) as tmp:
         for g in GRANULARITIES:
             for part in sorted(layout.losses.dataset(g).glob("*/step_*.parquet")):
@@ -259,12 +350,16 @@ def export(results, out, runs=None) -> Path:
                 dest = tmp / part.relative_to(layout.losses.dir)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(part, dest)
-        for src in (layout.run_table, layout.schema_doc):
-            if src.exists():
-                shutil.copy2(src, tmp / src.name)
+        if layout.schema_doc.exists():
+            shutil.copy2(layout.schema_doc, tmp / layout.schema_doc.name)
+        table = pq.read_table(layout.run_table)
+        if runs:
+            table = table.filter(ds.field("run").isin(list(runs)))
+        pq.write_table(table, tmp / layout.run_table.name, compression="zstd")
         shutil.copytree(layout.data.tokenizer, tmp / "tokenizer")
         pq.write_table(_examples(layout.data), tmp / "examples.parquet", compression="zstd")
-        (tmp / "README.md").write_text(CARD)
+        (tmp / "README.md").write_text(dataset_card(layout, table))
+        guard(tmp)
     if not archive:
         return out
     with atomic.atomic_path(out) as tmp:
@@ -305,10 +400,14 @@ class Export:
 
 
 def read_export(path) -> Export:
+    """An export folder, or an archive unpacked once beside itself into a folder named by its
+    content hash (two versions of one archive never share a folder)."""
     path = Path(path)
     if path.is_dir():
         return Export(path)
-    target = path.with_name(path.name.split(".")[0] + ".unpacked")
+    if not path.is_file():
+        raise DataError(f"{path}: no such export (a folder or a .tar.gz/.tar/.zip archive)")
+    target = path.with_name(f"{_archive(path)[0]}.{sha256(path)[:16]}.unpacked")
     if not target.is_dir():
         with atomic.atomic_dir(target) as tmp:
             if zipfile.is_zipfile(path):
