@@ -292,5 +292,5 @@ def test_wheels_as_corpus_pinned_by_their_hash(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match=r"data\.wheels"):
         load_study({"data": {"source": "wheels"}})
-    with pytest.raises(ConfigError, match=r"data\.wheels\.0\.file: .*does not match"):
+    with pytest.raises(ConfigError, match=r"data\.wheels\.0\.file: .*is not allowed: The wheel.s file name"):
         load_study({"data": {"source": "wheels", "wheels": [{"file": "../x-1-py3-none-any.whl", "sha256": digest}]}})

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from scaledyn.analysis.evaluate import evaluate_checkpoint
 from scaledyn.config import ConfigError, load_study
-from scaledyn.errors import Preempted
+from scaledyn.errors import DataError, Preempted
 from scaledyn.layout import Layout, LossesPaths, RunPaths
 from scaledyn.train import checkpoint
 from scaledyn.train.loop import read_log, train
@@ -402,6 +402,37 @@ def test_fit_windows_on_a_curve_too_short_for_a_window_says_so(tmp_path):
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     w = pd.read_csv(tmp_path / "w.csv")
     assert len(w) == 6 and set(w["verdict"]) == {"unfit"} and "no logged step in this window" in set(w["note"])
+
+
+@pytest.mark.parametrize("template", ["../outside/step{step}", "/etc/step{step}", "a/../../step{step}", "step"])
+def test_revision_templates_that_leave_the_suite_are_refused(template):
+    suite = {"model": "EleutherAI/pythia-70m", "revision": template, "steps": [1000, 2000], "tokens_per_step": 2048}
+    with pytest.raises(ConfigError, match=r"suites\.p\.revision: .* is not allowed: Revision name template"):
+        load_study({"suites": {"p": suite}, "data": {"tokenizer": {"kind": "pretrained", "name": "x"}}})
+
+
+def test_a_local_revision_that_links_outside_its_suite_is_refused(tmp_path):
+    from scaledyn.analysis.options import Suite
+    from scaledyn.analysis.suites import resolve
+    from scaledyn.errors import SuiteError
+
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "config.json").write_text("{}")
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "step1").symlink_to(tmp_path / "outside")
+    suite = Suite("p", str(tmp_path / "suite"), "step{step}", (1,), 2048, None, None, 0, ())
+    with pytest.raises(SuiteError, match=r"suites\.p\.revision: 'step1' resolves to .*outside, outside"):
+        resolve(suite, 1)
+
+
+def test_a_run_name_read_from_a_checkpoint_never_becomes_a_path_outside(short_run, tmp_path):
+    spec = copy_run(short_run, tmp_path / "run")
+    state_file = RunPaths(spec.run_dir).checkpoint(8) / checkpoint.STATE
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "run": "../../../evil"}))
+    with pytest.raises(DataError, match=r"run name '../../../evil' is not a safe name"):
+        evaluate_checkpoint(spec.run_dir, 8, spec.data_dir, tmp_path / "out" / "losses")
+    assert not list(tmp_path.rglob("evil*"))
 
 
 def test_preempted_exit_code_is_distinct_from_divergence():

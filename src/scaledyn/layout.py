@@ -17,14 +17,27 @@ Methods take wildcard strings too, so a rule writes `L.fit("{run}")`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from .errors import DataError
+
 GRANULARITIES = ("sequences", "tokens")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # the schema's pattern for size, suite and study names
+
+
+def checked_name(name, where: str) -> str:
+    """A run name read from a file (a checkpoint's state, a record) before it goes into a path:
+    the config's pattern, so `../..` or an absolute path never leaves the results folder."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+        raise DataError(f"{where}: run name {name!r} is not a safe name (letters, digits, _ . + -; no '..')")
+    return name
 
 
 def partition(root: str | Path, run: str, step: int | str) -> Path:
-    """The one file of a per-example dataset for (run, step); run and step are also its columns."""
-    return Path(root) / run / f"step_{step}.parquet"
+    """The one file of a per-example dataset for (run, step); run and step are also its columns.
+    `run` may come from a file: it is checked before it becomes a path."""
+    return Path(root) / checked_name(run, str(root)) / f"step_{step}.parquet"
 
 
 def step_of(name: str) -> int | None:

@@ -42,7 +42,10 @@ def validate_schema(raw: dict | None) -> dict:
     if errors:
         e = errors[0]
         where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise ConfigError(f"config: {where}: {e.message}")
+        message = e.message
+        if e.validator == "pattern" and e.schema.get("description"):  # the rule in words, not the regex
+            message = f"{e.instance!r} is not allowed: {e.schema['description'].rstrip('.')}"
+        raise ConfigError(f"config: {where}: {message}")
     return cfg
 
 

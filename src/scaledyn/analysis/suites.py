@@ -76,10 +76,13 @@ def resolve(suite: Suite, step: int) -> tuple[Path, str]:
     downloading a Hub revision once (with retries) if it is not cached."""
     name = suite.revision_name(step)
     if is_local(suite):
-        path = Path(suite.model) / name
+        root = Path(suite.model).resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):
+            raise SuiteError(f"suites.{suite.name}.revision: {name!r} resolves to {path}, outside {root}")
         if not (path / "config.json").is_file():
             raise _missing(suite, step, "is not a sub-folder with a config.json")
-        return path.resolve(), "local"
+        return path, "local"
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
