@@ -78,6 +78,11 @@ def test_zsl_figures(res):
     ax = fig.axes[0]
     assert ax.get_xlabel().startswith("M") and ax.get_ylabel() == "D"
     assert sum(line.get_gid() == "t_d" for line in ax.get_lines()) == 1
+    assert sum(t.get_gid() == "direction" for t in ax.texts) == 2 and "direction of training" in ax.get_title()
+    assert all("→" in t.get_text() for t in ax.get_legend().get_texts())  # which steps each line spans
+    plt.close(fig)
+    fig = report.fig_zsl(with_a_break(res), "dt=t")  # the break's step, on every panel
+    assert all(sum(line.get_gid() == "t_d" for line in ax.get_lines()) == 1 for ax in fig.axes)
     plt.close(fig)
 
 
@@ -115,10 +120,11 @@ def test_histograms_do_not_pile_outliers_into_edge_bins(res):
 def test_summary_claims_only_what_verdicts_support(res):
     text = report.summary_markdown(res)
     if all(f.verdict != "deceleration" for f in res.fits.values()):
-        assert "show no abrupt deceleration" in text and "no trend with size is significant" in text
+        assert "show no abrupt deceleration" in text and "no trend with size could be estimated" in text
+        assert "no trend with size is significant" not in text  # a trend that was never fitted is not 'not significant'
     assert "one seed per size" in text
-    text = report.summary_markdown(with_a_break(res))
-    assert "deceleration at t_d =" in text and "95% CI" in text
+    text = report.summary_markdown(with_a_break(res))  # (its break is qualified: the tiny study's windows are another curve's)
+    assert "tiny-6k_s0 (N = 6,336): deceleration (" in text and " at t_d = " in text and "95% CI" in text
 
 
 def test_summary_says_which_breaks_the_schedule_explains(res):
@@ -137,6 +143,19 @@ def test_summary_says_which_breaks_the_schedule_explains(res):
     assert "the breaks of tiny-6k_s0 are the schedule's" in text  # and in what the run does not show
     table = report.fit_table(dataclasses.replace(broke, fits={**broke.fits, "tiny-6k_s0": steps_fit}).sizes)
     assert "schedule" in set(table["schedule verdict"])
+
+
+def test_legend_and_headline_carry_the_verdict_the_window_check_leaves(res):
+    """A run whose break moves across fit windows is not called a plain 'deceleration' anywhere."""
+    broke = with_a_break(res)
+    moving = pd.DataFrame({"transient_steps": [50, 100, 200], "end_step": 3000, "verdict": "deceleration",
+                           "t_d": [200.0, 500.0, 1500.0]})
+    unstable = dataclasses.replace(broke, windows={r: moving for r in res.runs})
+    legend = [t.get_text() for t in report.fig_loss_curves(unstable).axes[0].get_legend().get_texts()]
+    assert any("deceleration (moves across fit windows)" in t for t in legend)
+    plt.close("all")
+    text = report.summary_markdown(unstable)
+    assert "tiny-6k_s0 (N = " in text and "deceleration (in the main fit window only: it moves across fit windows)" in text
 
 
 def test_summary_says_plainly_when_no_deceleration_survives_the_windows(res):

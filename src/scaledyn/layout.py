@@ -35,9 +35,8 @@ def checked_name(name, where: str) -> str:
 
 
 def partition(root: str | Path, run: str, step: int | str) -> Path:
-    """The one file of a per-example dataset for (run, step); run and step are also its columns.
-    `run` may come from a file: it is checked before it becomes a path."""
-    return Path(root) / checked_name(run, str(root)) / f"step_{step}.parquet"
+    """The one file of a per-example dataset for (run, step); run and step are also its columns."""
+    return Path(root) / run / f"step_{step}.parquet"
 
 
 def step_of(name: str) -> int | None:

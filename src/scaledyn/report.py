@@ -115,6 +115,16 @@ class StudyResults:
         f = self.fits[run]
         return f.derived()["t_d"] if f.verdict in BREAKS else None
 
+    def final_verdict(self, run: str) -> str:
+        """The verdict as the whole study reads it: the main fit's, qualified where the fit-window
+        check or the schedule verdict withdraws it (what legends and headlines say)."""
+        v = self.fits[run].verdict.replace("_", " ")
+        if self.fits[run].verdict not in BREAKS:
+            return v
+        notes = [n for n, on in (("moves across fit windows", run in window_lines(self)[1]),
+                                 ("the schedule's", (self.fits[run].schedule or {}).get("verdict") == "schedule")) if on]
+        return v + (f" ({'; '.join(notes)})" if notes else "")
+
 
 # ----------------------------------------------------------------------------- figures
 
@@ -123,7 +133,7 @@ def fig_loss_curves(res: StudyResults):
     fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
     for k, run in enumerate(res.runs):
         df, f, color = res.curves[run], res.fits[run], res.color(run)
-        verdict = f"{res.label(run)}: {f.verdict.replace('_', ' ')}"
+        verdict = f"{res.label(run)}: {res.final_verdict(run)}"
         if res.sparse(run):  # a suite's evaluation loss at its revisions: points, nothing to smooth
             ax.plot(df["step"], df["loss"], "o", color=color, ms=4, gid="raw", label=f"{verdict} (evaluation loss)")
         else:
@@ -189,6 +199,8 @@ def fig_zsl(res: StudyResults, variant: str, split: str = "eval", granularity: s
             if variant == "dt=t":
                 ax.plot(r["step"], r[m], "o-", color=res.color(run), label=res.label(run), ms=3)
                 ax.fill_between(r["step"], r[m] - std, r[m] + std, color=res.color(run), alpha=0.15)
+                if res.t_d(run):
+                    ax.axvline(res.t_d(run), color=res.color(run), ls="-.", lw=0.8, gid="t_d")
             else:  # a few measured checkpoints: points with error bars, no line implying a trend
                 ax.errorbar(r["step"] * nudge, r[m], yerr=std, fmt="o", capsize=3, color=res.color(run), label=res.label(run))
     for ax, m, label in zip(axes, zsl.METRICS, ("D (destructive interference)", "M (mean |change|)", "|ΔL|")):
@@ -203,7 +215,8 @@ def fig_zsl(res: StudyResults, variant: str, split: str = "eval", granularity: s
     if len(d):
         axes[0].legend(fontsize=7)
     spread = "± std over example folds" if variant == "dt=t" else "± std over held-out batches"
-    fig.suptitle(f"Zero-sum learning, Δt = {variant[3:]} ({split} set, per {granularity}; {spread})", fontsize=10)
+    marker = "; dash-dot: each run's t_d" if variant == "dt=t" else ""
+    fig.suptitle(f"Zero-sum learning, Δt = {variant[3:]} ({split} set, per {granularity}; {spread}{marker})", fontsize=10)
     return fig
 
 
@@ -213,13 +226,18 @@ def fig_d_vs_m(res: StudyResults):
     d = t[(t["variant"] == "dt=t") & (t["split"] == "eval") & (t["granularity"] == "token")]
     for run in [r for r in res.runs if r in set(d["run"])]:
         r = d[d["run"] == run].sort_values("step")
-        ax.plot(r["M"], r["D"], "o-", color=res.color(run), ms=3, label=res.label(run))
+        ax.plot(r["M"], r["D"], "o-", color=res.color(run), ms=3,
+                label=f"{res.label(run)}: steps {int(r['step'].iloc[0])}→{int(r['step'].iloc[-1])}" if len(r) else res.label(run))
+        if len(r) > 1:  # the direction of training: an arrow onto the last checkpoint
+            ax.annotate("", xy=(r["M"].iloc[-1], r["D"].iloc[-1]), xytext=(r["M"].iloc[-2], r["D"].iloc[-2]),
+                        arrowprops={"arrowstyle": "-|>", "color": res.color(run), "lw": 1.2}, gid="direction")
         t_d = res.t_d(run)
         if t_d and len(r):
             i = int(np.argmin(np.abs(np.log(r["step"].to_numpy()) - math.log(t_d))))
             ax.plot(r["M"].iloc[i], r["D"].iloc[i], "*", color=res.color(run), ms=14, mec="k", gid="t_d")
     ax.set(xscale="log", xlabel="M (mean |per-token loss change|)", ylabel="D")
-    ax.set_title("D against M over training, Δt = t (star: checkpoint nearest a detected t_d)", fontsize=10)
+    ax.set_title("D against M over training, Δt = t (arrow: the direction of training; star: checkpoint nearest a "
+                 "detected t_d)", fontsize=10)
     ax.legend(fontsize=7)
     return fig
 
@@ -235,7 +253,8 @@ def fig_histograms(res: StudyResults, changes: dict[str, tuple[int, np.ndarray]]
         ax.hist(x, bins=bins, histtype="step", color=res.color(run), density=True,
                 label=f"{res.label(run)}: steps {step}→{2 * step} ({outside:.2%} beyond ±{lim:.2g})")
     ax.set(yscale="log", xlabel="per-token loss change (nats)", ylabel="density")
-    ax.set_title("Per-token loss changes between checkpoints t → 2t around t_d (evaluation set)", fontsize=10)
+    ax.set_title("Per-token loss changes between checkpoints t → 2t (evaluation set; each run's pair is in the legend:\n"
+                 "the requested steps, else the pair nearest its t_d, else its last)", fontsize=10)
     ax.legend(fontsize=7)
     return fig
 
@@ -298,7 +317,9 @@ def summary_sections(res: StudyResults) -> list[Section]:
                        "the fit files, not used in the trends")
     if sizes["seed"].nunique() < 2:
         caveats.append("one seed per size: the trends rest on bootstrap uncertainty of single runs, not on seed-to-seed spread")
-    if not any(t.significant() for t in res.trends):
+    if not any(t.estimable for t in res.trends):
+        caveats.append("no trend with size could be estimated (it needs three sizes with a deceleration)")
+    elif not any(t.significant() for t in res.trends):
         caveats.append("no trend with size is significant")
     schedule = schedule_lines(res)
     if schedule:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.tokens import TokenData
 from ..errors import CheckpointError
-from ..layout import GRANULARITIES, LossesPaths, RunPaths
+from ..layout import GRANULARITIES, LossesPaths, RunPaths, checked_name
 from ..train import checkpoint
 from ..train.launch import accelerator
 from ..train.model import load_model, token_losses
@@ -73,9 +73,12 @@ def evaluate_checkpoint(run_dir, step: int, data_dir, out, options: EvaluateOpti
 
 
 def _complete_state(ckpt) -> dict:
+    """A complete checkpoint's state; its run name goes into output paths, so it is checked first."""
     if not checkpoint.is_complete(ckpt):
         raise CheckpointError(f"checkpoint {ckpt}: missing or incomplete (no {checkpoint.COMPLETE} marker)")
-    return checkpoint.read_state(ckpt)
+    state = checkpoint.read_state(ckpt)
+    checked_name(state.get("run"), f"checkpoint {ckpt}")
+    return state
 
 
 def _meta(state: dict) -> dict:

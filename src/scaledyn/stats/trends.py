@@ -187,8 +187,11 @@ def run_lines(sizes: pd.DataFrame) -> list[str]:
     t_d_corrected (the training's own), L_d and r_d, each with its interval, where it decelerates."""
     lines = []
     for _, r in sizes.iterrows():
-        head = f"- {r['run']} (N = {int(r['N']):,}): {r['verdict']}"
         warned = f" [warnings: {r['warnings']}]" if isinstance(r.get("warnings"), str) and r["warnings"] else ""
+        withdrawn = [w for code, w in (("window_unstable", "in the main fit window only: it moves across fit windows"),)
+                     if code in warned] + (["the schedule's break, not the training's (schedule verdict)"]
+                                           if r.get("schedule_verdict") == "schedule" else [])
+        head = f"- {r['run']} (N = {int(r['N']):,}): {r['verdict']}" + (f" ({'; '.join(withdrawn)})" if withdrawn else "")
         if r["verdict"] == "deceleration":
             corr = ("" if r["t_d_corrected"] is None or pd.isna(r["t_d_corrected"]) else
                     f"; per-step t_d {r['t_d_corrected']:.0f} ({_interval(r, 't_d_corrected', '.0f')})")
