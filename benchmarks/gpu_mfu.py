@@ -67,7 +67,7 @@ def main() -> None:
     fake_data(tmp, a.seq_len, a.batch * (a.steps + 2), vocab)
     study = load_study({"results": str(tmp / "r"), "model": {"sizes": [a.size]}, "data": {"seq_len": a.seq_len},
                         "train": {"steps": a.steps, "batch_size": a.batch, "micro_batch_size": a.micro, "compile": a.compile,
-                                  "flush_every": 1}})
+                                  "flush_every": 1}, "fit": {"transient_steps": 0}})  # nothing is fitted here
     spec = dataclasses.replace(study.run_spec(f"{a.size}_s0"), data_dir=str(tmp), checkpoint_steps=())
     torch.cuda.reset_peak_memory_stats()
     train(spec)
