@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 from conftest import log_rows
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from scaledyn.config import load_study
@@ -109,6 +110,9 @@ def test_checkpoints_load_with_automodel_and_keep_optimizer_only_where_needed(tm
         tok = AutoTokenizer.from_pretrained(paths.checkpoint(s))  # complete for push_to_hub
         assert tok.decode(tok("import os")["input_ids"]) == "import os"
         assert json.loads(paths.marker(s).read_text())["step"] == s
+        card = ModelCard.load(paths.checkpoint(s) / "README.md")  # a Hub model card: what push_to_hub shows
+        assert card.data.library_name == "transformers" and f"step-{s}" in card.data.tags
+        assert f"# tiny-1k_s0 at step {s}" in card.text and "frozen at 1" in card.text and "manifest sha256" in card.text
     with_opt = [s for s in spec.checkpoint_steps if (paths.checkpoint(s) / "optimizer.pt").exists()]
     assert with_opt == [4, 16]  # the one-step analysis' checkpoint and the newest (for resuming)
 

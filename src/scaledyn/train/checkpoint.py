@@ -32,6 +32,7 @@ from .. import atomic
 from ..errors import CheckpointError, WriteError
 from ..layout import DataPaths, RunPaths, step_of
 from ..schedule import depends_on_total
+from .card import model_card
 from .launch import node_name
 from .spec import RunSpec
 
@@ -155,6 +156,7 @@ class Checkpointer:
                 torch.save({"optimizer": optimizer.state_dict()}, tmp / "optimizer.pt")
                 torch.save(rng_state(), tmp / "rng.pt")
                 atomic.write_json(tmp / STATE, state)
+                (tmp / "README.md").write_text(model_card(self.spec, step, state["tokens_seen"], self.counts))
                 (tmp / COMPLETE).write_text("")
         except Exception as e:  # torch reports a full disk as RuntimeError("unexpected pos"), safetensors as its own
             full = shutil.disk_usage(self.paths.checkpoints).free < 1 << 20
