@@ -96,7 +96,7 @@ def test_constant_rate_gives_the_same_fit_on_both_axes():
 def test_simulated_runs_get_the_verdict_of_their_truth(warmup, truth, ratio, expected):
     sc = cs.Scenario(warmup, truth, ratio)
     for i in range(2):
-        curve = cs.observed(sc, np.random.default_rng(sc.seed(i)), QUICK.transient_steps)
+        curve, _ = cs.observed(sc, np.random.default_rng(sc.seed(i)), QUICK.transient_steps)
         fit = with_schedule_verdict(fit_curve(curve, QUICK), curve, QUICK)
         assert fit.schedule["verdict"] in expected, (sc, i, fit.schedule)
 
@@ -104,7 +104,7 @@ def test_simulated_runs_get_the_verdict_of_their_truth(warmup, truth, ratio, exp
 def test_the_schedule_makes_a_bend_in_steps_that_learning_rate_time_removes():
     """A power law in S under a long warm-up: steps see a significant bend, S a plain power law."""
     sc = cs.Scenario(200, "lr_power", None)
-    curve = cs.observed(sc, np.random.default_rng(sc.seed(0)), QUICK.transient_steps)
+    curve, _ = cs.observed(sc, np.random.default_rng(sc.seed(0)), QUICK.transient_steps)
     steps_fit = fit_curve(curve, QUICK)
     lr_fit = fit_curve(to_lr_time(curve), dataclasses.replace(QUICK, axis="lr-area"))
     assert steps_fit.test.p_value < 0.05 and steps_fit.verdict in ("deceleration", "smooth_bend")
@@ -164,3 +164,13 @@ def test_read_curve_keeps_the_lr_column_through_duplicates(tmp_path):
     (tmp_path / "d.csv").write_text("step,loss,lr\n1,5,0.1\n2,4,-0.2\n")
     with pytest.raises(CurveError, match="row 2 .*lr is -0.2"):
         read_curve_csv(tmp_path / "d.csv")
+
+
+def test_calibration_smoke():
+    """benchmarks/calibrate_schedule.py on a few curves: the warp-speed screen and its table."""
+    sc = cs.Scenario(20, "step_broken", 8)
+    row = cs.warp_row(sc, [cs.warp_curve(sc, i) for i in range(3)])
+    assert row["method"] == "warp-speed" and row["curves"] == 3 and row["late_breaks"] == 3
+    assert row["found"] == row["found_late"] and sum(row[k] for k in cs.VERDICTS) == pytest.approx(1)
+    table = cs.markdown(pd.DataFrame([row]))
+    assert "| warp-speed | step_broken (c0/r_d 8) | 20 | 3 |" in table and "found, break after warm-up" in table
