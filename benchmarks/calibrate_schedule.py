@@ -13,8 +13,9 @@ with its lr column and iid 3% noise in log loss (calibrate_breaks.noise):
   break in the middle half of the fitted log-S range: the training's own break, on its own clock.
 - `step_broken` (c): the same broken law in steps, its break in the middle half of the log-step range.
 
-For (b) and (c) the aim is `found` >= 90%: a break survives on the S axis (schedule verdict
-`deceleration`, `lr_time_only` or `break_moves`), so the run is not written off as the schedule's.
+For (b) and (c) the aim is `found` >= 90%: a break the schedule does not explain (schedule verdict
+`deceleration`, `steps_only`, `lr_time_only` or `break_moves`), so the run is not written off as
+the schedule's; for (a) `found` <= 5%.
 
 Two methods, as in calibrate_breaks: `shipped` runs what a user gets (fit_curve on steps, then
 with_schedule_verdict: both axes with 200 draws each) on `--shipped` curves per scenario;
@@ -41,7 +42,7 @@ from benchmarks.calibrate_breaks import ALPHA, _pct, noise, warp_draw, warp_verd
 from scaledyn.schedule import Schedule, lr_factor
 from scaledyn.stats.curve import validate_curve
 from scaledyn.stats.fit import fit_curve, prepare_fit, with_schedule_verdict
-from scaledyn.stats.lrtime import SCHEDULE_VERDICTS, classify, steps_at, to_lr_time
+from scaledyn.stats.lrtime import SCHEDULE_VERDICTS, classify, cross_statistic, steps_at, to_lr_time
 from scaledyn.stats.options import FitOptions
 from scaledyn.stats.powerlaws import bnsl_log
 
@@ -50,7 +51,7 @@ WARMUPS = (20, 200, 2000)
 TRUTHS = [("lr_power", None), ("lr_broken", 4), ("lr_broken", 8), ("step_broken", 4), ("step_broken", 8)]
 SHIPPED_TRUTHS = [("lr_power", None), ("lr_broken", 4), ("step_broken", 4)]
 F1, C0 = 0.2, 0.3
-FOUND = ("deceleration", "lr_time_only", "break_moves")  # a break that survives on the S axis
+FOUND = ("deceleration", "steps_only", "lr_time_only", "break_moves")  # a break the schedule does not explain
 VERDICTS = (*SCHEDULE_VERDICTS, "smooth")
 
 
@@ -100,7 +101,10 @@ def warp_curve(sc: Scenario, i: int) -> dict:
     draw_rng = np.random.default_rng(sc.seed(10**9 + i))
     lr_curve = to_lr_time(curve)
     f_lr = prepare_fit(lr_curve, options)
-    return {"steps": warp_draw(prepare_fit(curve, options), draw_rng), "lr": warp_draw(f_lr, draw_rng),
+    x_steps = np.log(lr_curve.step[f_lr.idx])
+    cross = {"S": cross_statistic(f_lr.x, x_steps, f_lr.y),  # the cross-clock test: one draw under S's smooth law
+             "S_star": cross_statistic(f_lr.x, x_steps, f_lr.noise.simulator.sampler(f_lr.null.log_predict)(draw_rng))}
+    return {"steps": warp_draw(prepare_fit(curve, options), draw_rng), "lr": warp_draw(f_lr, draw_rng), "cross": cross,
             "map": (lr_curve.step[f_lr.idx], lr_curve.x[f_lr.idx]), "true_step": true_step}
 
 
@@ -119,9 +123,10 @@ def warp_row(sc: Scenario, rows: list[dict]) -> dict:
         roots = np.array([d["root"]["t_d"] for d in draws])
         q = np.nanquantile(roots, [ALPHA / 2, 1 - ALPHA / 2])
         per_axis[axis] = [(warp_verdict(d, crit), _t_d_interval(d, *q)) for d in draws]
+    cross_crit = float(np.quantile([r["cross"]["S_star"] for r in rows], 1 - ALPHA))
     for r, (sv, s_ci), (lv, l_ci) in zip(rows, per_axis["steps"], per_axis["lr"]):
         l_ci_steps = [steps_at(v, *r["map"]) for v in l_ci]
-        verdicts.append(classify(sv, lv, s_ci, l_ci_steps))
+        verdicts.append(classify(sv, lv, s_ci, l_ci_steps, 0.0 if r["cross"]["S"] > cross_crit else 1.0, ALPHA))
     return summary_row(sc, "warp-speed", verdicts, [r["true_step"] for r in rows])
 
 
@@ -172,21 +177,22 @@ def run(curves: int, shipped: int, jobs: int, warmups=WARMUPS, truths=None) -> p
 
 
 def aim(r) -> str:
-    if r["truth"] == "lr_power":
-        return "ok" if r["deceleration"] <= 0.05 else "MISS"
+    if r["truth"] == "lr_power":  # any claim that the training broke is false here
+        return "ok" if r["found"] <= 0.05 else "MISS"
     return "ok" if r["found"] >= 0.9 else "MISS"
 
 
 def markdown(df: pd.DataFrame) -> str:
     lines = ["Schedule verdicts on simulated runs (14,000 steps, trapezoidal warm-up from 0.1 of the peak, iid 3% "
              "noise; `python -m benchmarks.calibrate_schedule`). Each row: the share of curves given each verdict; "
-             "`found` = a break survives on the learning-rate-time axis (deceleration, lr_time_only or break_moves). "
-             "Aims: lr_power called `deceleration` <= 5%; lr_broken and step_broken `found` >= 90%.", "",
+             "`found` = a break the schedule does not explain (deceleration, steps_only, lr_time_only or break_moves). "
+             "Aims: lr_power (whose only bend is the schedule's) `found` <= 5%; lr_broken and step_broken `found` >= 90%.",
+             "",
              "`found, break after warm-up`: the same share among the curves whose true break lies after the warm-up "
              "(their number in brackets).", "",
-             "| method | truth | warm-up | curves | deceleration | schedule | lr_time_only | break_moves | smooth | found "
-             "| found, break after warm-up | aim |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| method | truth | warm-up | curves | deceleration | schedule | steps_only | lr_time_only | break_moves | smooth "
+             "| found | found, break after warm-up | aim |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for _, r in df.iterrows():
         late = "" if pd.isna(r.get("found_late")) else f"{_pct(r['found_late'])} [{int(r['late_breaks'])}]"
         lines.append(f"| {r['method']} | {r['scenario']} | {r['warmup']:,} | {r['curves']} | "
@@ -205,10 +211,23 @@ def main(argv=None) -> None:
     p.add_argument("--truths", nargs="+", choices=sorted({t for t, _ in TRUTHS}), help="only these truths (default: all)")
     p.add_argument("--readme", type=Path, help="replace a block of this Markdown file with the table")
     p.add_argument("--block", default="calibration-schedule", help="the block to replace (default: %(default)s)")
+    p.add_argument("--from-csv", type=Path, nargs="+", help="rebuild the table from earlier runs' --csv files instead "
+                   "of simulating; a scenario in several keeps the row of the last file")
     args = p.parse_args(argv)
     t0 = time.time()
-    df = run(args.curves, args.shipped, args.jobs, args.warmups, args.truths)
-    text = markdown(df) + f"\n({len(df)} scenario rows, {time.time() - t0:.0f} s with {args.jobs} processes.)\n"
+    if args.from_csv:
+        df = pd.concat([pd.read_csv(f).assign(source=f.name) for f in args.from_csv])
+        if "steps_only" in df:  # a run before the cross-clock test had no steps_only: its curves never reached it
+            df["steps_only"] = df["steps_only"].fillna(0.0)
+        else:
+            df["steps_only"] = 0.0
+        df = df.drop_duplicates(["method", "truth", "ratio", "warmup"], keep="last")
+        df = df.sort_values(["method", "truth", "ratio", "warmup"], na_position="first")
+        origin = "; ".join(f"{n} rows from `{f}`" for f, n in df["source"].value_counts(sort=False).items())
+        text = markdown(df) + f"\n({origin}.)\n"
+    else:
+        df = run(args.curves, args.shipped, args.jobs, args.warmups, args.truths)
+        text = markdown(df) + f"\n({len(df)} scenario rows, {time.time() - t0:.0f} s with {args.jobs} processes.)\n"
     print(text)
     if args.csv:
         df.to_csv(args.csv, index=False)

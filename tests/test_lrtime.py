@@ -15,7 +15,7 @@ from scaledyn.errors import CurveError
 from scaledyn.schedule import Schedule, lr_factor
 from scaledyn.stats.curve import read_curve_csv, validate_curve
 from scaledyn.stats.fit import BrokenPowerLawFit, fit_curve, with_schedule_verdict
-from scaledyn.stats.lrtime import classify, to_lr_time
+from scaledyn.stats.lrtime import classify, describe, to_lr_time
 from scaledyn.stats.options import FitOptions
 from scaledyn.stats.powerlaws import bnsl_log
 from scaledyn.stats.trends import per_size_table
@@ -70,7 +70,8 @@ def test_classification_rules():
     assert classify("deceleration", "deceleration", [900, 1100], [1000, 1300]) == "deceleration"
     assert classify("deceleration", "deceleration", [600, 700], [1000, 1300]) == "break_moves"
     assert classify("deceleration", "power_law", [600, 700], None) == "schedule"
-    assert classify("deceleration", "smooth_bend", [600, 700], None) == "schedule"
+    assert classify("deceleration", "smooth_bend", [600, 700], None, cross_p=0.3) == "schedule"
+    assert classify("deceleration", "smooth_bend", [600, 700], None, cross_p=0.01) == "steps_only"
     assert classify("power_law", "deceleration", None, [600, 700]) == "lr_time_only"
     assert classify("smooth_bend", "power_law", None, None) == "smooth_bend"
 
@@ -99,6 +100,22 @@ def test_simulated_runs_get_the_verdict_of_their_truth(warmup, truth, ratio, exp
         curve, _ = cs.observed(sc, np.random.default_rng(sc.seed(i)), QUICK.transient_steps)
         fit = with_schedule_verdict(fit_curve(curve, QUICK), curve, QUICK)
         assert fit.schedule["verdict"] in expected, (sc, i, fit.schedule)
+
+
+@pytest.mark.parametrize("warmup, truth, ratio, i, expected", [
+    (200, "lr_power", None, 0, "schedule"),  # the warm-up's bend: S's smooth law explains it
+    (2000, "step_broken", 4, 4, "steps_only"),  # a break in steps at step 2,078, past a long warm-up
+])
+def test_the_cross_clock_test_tells_the_schedules_bend_from_a_break_on_the_step_clock(warmup, truth, ratio, i, expected):
+    """A deceleration in steps and a smooth law in S: is the S law as good an account of the points?"""
+    sc = cs.Scenario(warmup, truth, ratio)
+    curve, true_step = cs.observed(sc, np.random.default_rng(sc.seed(i)), QUICK.transient_steps)
+    fit = with_schedule_verdict(fit_curve(curve, QUICK), curve, QUICK)
+    cross = fit.schedule["cross_clock"]
+    assert fit.schedule["verdict"] == expected, fit.schedule
+    assert fit.schedule["steps"]["verdict"] == "deceleration" and fit.schedule["lr_area"]["verdict"] != "deceleration"
+    assert (cross["p_value"] < 0.05) == (expected == "steps_only") and cross["draws"] >= 10
+    assert "the steps break against S's smooth law: p = " in describe(fit.schedule)
 
 
 def test_the_schedule_makes_a_bend_in_steps_that_learning_rate_time_removes():

@@ -327,8 +327,10 @@ def summary_sections(res: StudyResults) -> list[Section]:
             "Each run is fitted again against learning-rate time S (the sum of the rate over its peak, step by step; "
             "the decay phase left out), on which a bend that the warm-up made is a smooth law and a break that the "
             "training made stays (docs/method.md, docs/calibration.md). deceleration: a break on both axes at the "
-            "same place; schedule: a break in steps only, the schedule's; lr_time_only: a break in S only; "
-            "break_moves: breaks on both axes whose t_d intervals do not overlap once mapped to steps."], schedule))
+            "same place; schedule: a break in steps that a smooth law in S explains as well, the schedule's; "
+            "steps_only: a break in steps that no smooth law in S explains (a bootstrap test across the clocks), the "
+            "training's on the step clock; lr_time_only: a break in S only; break_moves: breaks on both axes whose t_d "
+            "intervals do not overlap once mapped to steps."], schedule))
     explained = [r for r in res.runs if (res.fits[r].schedule or {}).get("verdict") == "schedule"]
     if explained:
         caveats.append(f"the breaks of {', '.join(explained)} are the schedule's (a smooth law in learning-rate time): "

@@ -36,7 +36,7 @@ from .. import atomic
 from ..errors import CurveError
 from .breaktest import NOISE_FREE, BreakTest, break_test, slope_ratio, smooth_null
 from .curve import Curve, Preprocessing, WindowMeans, fit_points, read_curve_csv
-from .lrtime import describe, schedule_verdict, steps_at, to_lr_time
+from .lrtime import cross_clock, describe, schedule_verdict, steps_at, to_lr_time
 from .noise import CurveSimulator
 from .options import FitOptions
 from .powerlaws import BNSL_PARAMS, LAWS, SHARPNESS_BOUNDS, LawFit, bnsl_log, fit_bnsl, refine_bnsl, sat_log
@@ -574,7 +574,12 @@ def prepare_fit(curve: Curve, options: FitOptions) -> PreparedFit:
 
 def fit_curve(curve: Curve, options: FitOptions | None = None) -> BrokenPowerLawFit:
     options = options or FitOptions.defaults()
-    f = prepare_fit(curve, options)
+    return finish_fit(prepare_fit(curve, options), options)
+
+
+def finish_fit(f: PreparedFit, options: FitOptions) -> BrokenPowerLawFit:
+    """The break test and the intervals of a prepared fit, as a results object."""
+    curve = f.curve
     test = break_test(f.x, f.y, f.null, f.pl, f.sat, f.broken, f.noise_for, options.bootstrap, options.alpha, f.rng)
     roots, other = bootstrap_intervals(f.x, f.broken, f.noise.simulator, f.noise.base, options.bootstrap, f.rng)
     rows = {"read": curve.rows_read, "used": int(len(curve.step)), "duplicates": curve.duplicates}
@@ -626,8 +631,13 @@ def with_schedule_verdict(fit: BrokenPowerLawFit, curve: Curve, options: FitOpti
     if curve.lr is None and options.schedule is None:
         fit.notes.append("schedule verdict: not classified (the curve has no lr column and no fit.schedule was given)")
         return fit
-    lr_fit = fit_curve(to_lr_time(curve, options.schedule), dataclasses.replace(options, axis="lr-area"))
-    fit.schedule = schedule_verdict(fit, lr_fit)
+    lr_curve, lr_options = to_lr_time(curve, options.schedule), dataclasses.replace(options, axis="lr-area")
+    prepared = prepare_fit(lr_curve, lr_options)
+    lr_fit = finish_fit(prepared, lr_options)
+    cross = None
+    if fit.verdict == "deceleration" and lr_fit.verdict != "deceleration":  # is the steps break the schedule's?
+        cross = cross_clock(prepared, np.log(lr_curve.step[prepared.idx]), options.bootstrap, prepared.rng)
+    fit.schedule = schedule_verdict(fit, lr_fit, cross)
     return fit
 
 

@@ -30,7 +30,8 @@ MAX_SCHEDULE_STEPS = 5e7  # longest run whose rate is summed step by step from a
 SCHEDULE_KEYS = tuple(f.name for f in dataclasses.fields(Schedule))
 SCHEDULE_VERDICTS = {  # stable codes: FIT.json's schedule_verdict, the fit table and the summary carry them
     "deceleration": "a break on both axes, at the same place once mapped: the training's own",
-    "schedule": "a break in steps that is a smooth law in learning-rate time: the schedule's",
+    "schedule": "a break in steps that a smooth law in learning-rate time explains as well: the schedule's",
+    "steps_only": "a break in steps that no smooth law in learning-rate time explains: the training's, on the step clock",
     "lr_time_only": "a break that appears only in learning-rate time",
     "break_moves": "a break on both axes, at places whose intervals do not overlap once mapped",
 }
@@ -109,18 +110,41 @@ def _overlap(a, b) -> bool:
     return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
 
 
-def classify(steps_verdict: str, lr_verdict: str, steps_ci, lr_ci_steps) -> str:
-    """The schedule verdict from each axis' verdict and t_d interval (the S fit's in steps)."""
+def classify(steps_verdict: str, lr_verdict: str, steps_ci, lr_ci_steps, cross_p: float | None = None,
+             alpha: float = 0.05) -> str:
+    """The schedule verdict from each axis' verdict and t_d interval (the S fit's in steps) and, for a
+    break in steps only, the cross-clock test's p-value (`cross_clock`)."""
     if steps_verdict == "deceleration" and lr_verdict == "deceleration":
         return "deceleration" if _overlap(steps_ci, lr_ci_steps) else "break_moves"
     if steps_verdict == "deceleration":
-        return "schedule"
+        return "steps_only" if cross_p is not None and cross_p < alpha else "schedule"
     if lr_verdict == "deceleration":
         return "lr_time_only"
     return steps_verdict
 
 
-def schedule_verdict(steps_fit, lr_fit) -> dict:
+def cross_statistic(x_lr: np.ndarray, x_steps: np.ndarray, y: np.ndarray) -> float:
+    """How much better a broken power law in steps fits the points than the best smooth law in S."""
+    from .breaktest import relative_drop, smooth_null
+    from .powerlaws import fit_bnsl
+
+    return relative_drop(smooth_null(x_lr, y)[0].sse, fit_bnsl(x_steps, y).sse)
+
+
+def cross_clock(prepared, x_steps: np.ndarray, draws: int, rng) -> dict:
+    """Does the schedule explain a break in steps? A bootstrap test of the null "a smooth law in
+    learning-rate time" (the S fit's smooth law, with its noise) against "a broken power law in
+    steps", on the same points: curves are simulated under the S null and both refitted, as in
+    the break test. `prepared` is the S axis' PreparedFit; `x_steps` log steps at its points."""
+    from .breaktest import bootstrap_pvalue
+
+    T = cross_statistic(prepared.x, x_steps, prepared.y)
+    p, used = bootstrap_pvalue(T, prepared.noise.simulator.sampler(prepared.null.log_predict),
+                               lambda ys: cross_statistic(prepared.x, x_steps, ys), draws, rng)
+    return {"p_value": p, "statistic": T, "draws": used, "null_law": prepared.null.law}
+
+
+def schedule_verdict(steps_fit, lr_fit, cross: dict | None = None) -> dict:
     """Classify a run from its fits on steps and on learning-rate time (BrokenPowerLawFit each).
 
     `deceleration` needs a deceleration on both axes whose t_d intervals (the S fit's mapped back to
@@ -129,7 +153,7 @@ def schedule_verdict(steps_fit, lr_fit) -> dict:
     sv, lv = steps_fit.verdict, lr_fit.verdict
     d_steps, d_lr = steps_fit.derived(), lr_fit.derived()
     ci_steps, ci_lr = steps_fit.conf_int(), lr_fit.conf_int()
-    verdict = classify(sv, lv, ci_steps["t_d"], ci_lr.get("t_d_steps"))
+    verdict = classify(sv, lv, ci_steps["t_d"], ci_lr.get("t_d_steps"), cross and cross["p_value"], steps_fit.test.alpha)
     lr = lr_fit.lr_time
     return {
         "verdict": verdict,
@@ -144,6 +168,7 @@ def schedule_verdict(steps_fit, lr_fit) -> dict:
                     "fit_range": list(lr_fit.fit_range), "source": lr["source"],
                     "decay_from_step": lr["decay_from_step"],
                     "warnings": [w["code"] for w in lr_fit.warnings()]},
+        "cross_clock": cross,
     }
 
 
@@ -161,4 +186,6 @@ def describe(record: dict | None) -> str:
     lr = f"{a['verdict']} (p = {a['p_value']:.3g})" + ("" if a["t_d"] is None else
                                                       f", t_d {value(a, 't_d')}, i.e. step {value(a, 't_d_steps')}")
     cut = "" if a["decay_from_step"] is None else f"; S ends where the rate decays, step {a['decay_from_step']}"
-    return f"{record['verdict']} (steps: {steps}; learning-rate time S: {lr}{cut})"
+    cross = record.get("cross_clock")
+    cross = "" if not cross else f"; the steps break against S's smooth law: p = {cross['p_value']:.3g}"
+    return f"{record['verdict']} (steps: {steps}; learning-rate time S: {lr}{cut}{cross})"
