@@ -226,7 +226,7 @@ def checkpoint_save_load(env):
     import torch
 
     from scaledyn.train import checkpoint
-    from scaledyn.train.model import build_model, load_model
+    from scaledyn.train.model import build_model, load_model, param_counts
     from scaledyn.train.optim import make_optimizer
 
     out = []
@@ -236,7 +236,7 @@ def checkpoint_save_load(env):
         opt = make_optimizer(model, spec)
         model(input_ids=torch.zeros(1, 8, dtype=torch.long), labels=torch.zeros(1, 8, dtype=torch.long)).loss.backward()
         opt.step()
-        t_save, path = timed(checkpoint.Checkpointer(spec, {}).save, 1, "scheduled", model, opt)
+        t_save, path = timed(checkpoint.Checkpointer(spec, param_counts(model)).save, 1, "scheduled", model, opt)
         t_load, _ = timed(load_model, path)
         size_mb = sum(f.stat().st_size for f in path.iterdir()) / 1e6
         t_raw, _ = timed(torch.save, model.state_dict(), env.tmp / "raw.pt")
