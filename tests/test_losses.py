@@ -103,6 +103,7 @@ def test_five_readers_refuse_the_folders_above_the_tables(tiny_study, tmp_path):
             assert "parquet" in str(e.value).lower() or "PAR1" in str(e.value), (folder, tool, e.value)
     for folder in (tiny_study.losses.dir, export):
         assert "read sequences/ or tokens/" in LossesPaths(folder).guard.read_text()
+    assert not list(tiny_study.root.glob(f"zsl/**/{LossesPaths.GUARD}"))  # the one-step changes are one table
 
 
 @pytest.mark.parametrize("granularity", ["sequences", "tokens"])

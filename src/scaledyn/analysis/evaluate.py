@@ -148,5 +148,6 @@ def evaluate_model(load, run: str, step: int, meta: dict, data_dir, out, options
         seq, tok = _columns(results, meta, options.token_dtype)
         losses.write_partition(out.dataset("tokens"), run, step, tok, "tokens", options.token_dtype)
         losses.write_partition(out.dataset("sequences"), run, step, seq, "sequences")
+        losses.guard(out.dir)
     model.train(was_training)
     acc.wait_for_everyone()

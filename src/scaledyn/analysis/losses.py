@@ -129,7 +129,6 @@ def write_partition(dataset: str | Path, run: str, step: int, columns: dict, gra
     atomic.remove_stale(staging(dataset), tag)  # left by a killed writer of this very file
     with atomic.atomic_path(path, staging(dataset), tag) as tmp:
         pq.write_table(table, tmp, compression="zstd", use_dictionary=["run", "split"], write_statistics=True)
-    guard(dataset.parent)
     return path
 
 
@@ -138,7 +137,8 @@ GUARD_TEXT = ("This is not a Parquet file. This folder holds two tables with dif
 
 
 def guard(root: Path) -> None:
-    """Put the two-tables guard (LossesPaths.guard) into a folder that holds both granularities."""
+    """Put the two-tables guard (LossesPaths.guard) into a folder that holds both granularities
+    (a loss dataset's root, an export's), written with them; never beside other tables."""
     path = LossesPaths(root).guard
     if not path.exists():
         atomic.write_text(path, GUARD_TEXT)
