@@ -12,3 +12,12 @@ def replace_block(path: Path, name: str, text: str) -> None:
         raise SystemExit(f"{path}: no {start} ... {end} block to replace")
     head, rest = doc.split(start, 1)
     path.write_text(head + start + "\n" + text + rest[rest.index(end):])
+
+
+def publish(text: str, table, csv: Path | None, readme: Path | None, block: str) -> None:
+    """Print a calibration's tables, write its rows to `csv` and its tables into `readme`'s block."""
+    print(text)
+    if csv:
+        table.to_csv(csv, index=False)
+    if readme:
+        replace_block(readme, block, text)

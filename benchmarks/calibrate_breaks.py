@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import replace_block
+from benchmarks import publish
 from scaledyn.stats.breaktest import break_statistic, classify
 from scaledyn.stats.curve import Preprocessing, fit_points, log_moving_average, log_subsample_mask, validate_curve
 from scaledyn.stats.fit import (DERIVED, ESTIMANDS, LOG_SCALE, PreparedFit, basic_interval, bootstrap_intervals,
@@ -389,11 +389,7 @@ def main(argv=None) -> None:
         t0 = time.time()
         df = run(args.lengths, args.curves, args.jobs, args.shipped, args.forms)
         text = markdown(df) + f"\n({len(df)} scenario rows, {time.time() - t0:.0f} s with {args.jobs} processes.)\n"
-    print(text)
-    if args.csv:
-        df.to_csv(args.csv, index=False)
-    if args.readme:
-        replace_block(args.readme, args.block, text)
+    publish(text, df, args.csv, args.readme, args.block)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks import replace_block
+from benchmarks import publish
 from benchmarks.calibrate_breaks import ALPHA, _pct, noise, warp_draw, warp_verdict
 from scaledyn.schedule import Schedule, lr_factor
 from scaledyn.stats.curve import validate_curve
@@ -228,11 +228,7 @@ def main(argv=None) -> None:
     else:
         df = run(args.curves, args.shipped, args.jobs, args.warmups, args.truths)
         text = markdown(df) + f"\n({len(df)} scenario rows, {time.time() - t0:.0f} s with {args.jobs} processes.)\n"
-    print(text)
-    if args.csv:
-        df.to_csv(args.csv, index=False)
-    if args.readme:
-        replace_block(args.readme, args.block, text)
+    publish(text, df, args.csv, args.readme, args.block)
 
 
 if __name__ == "__main__":
