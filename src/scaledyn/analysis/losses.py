@@ -196,6 +196,11 @@ def dataset(root, granularity: str = "sequences") -> ds.Dataset:
     return ds.dataset(path, format="parquet")
 
 
+def runs_in(dataset: Path) -> list[str]:
+    """The runs a granularity folder holds (one folder each), sorted; none where it does not exist."""
+    return sorted(p.name for p in dataset.iterdir() if p.is_dir()) if dataset.is_dir() else []
+
+
 def load(root, granularity: str = "sequences", runs=None, steps=None, splits=None, columns=None, arrow: bool = False):
     """Read a slice of the loss dataset; the filters skip files by their statistics. A run that the
     dataset does not hold is an error that names it, not an empty table.
@@ -205,7 +210,7 @@ def load(root, granularity: str = "sequences", runs=None, steps=None, splits=Non
     data = dataset(root, granularity)
     if runs is not None:
         path = LossesPaths(root).dataset(granularity)
-        known = sorted(p.name for p in path.iterdir() if p.is_dir())
+        known = runs_in(path)
         missing = [r for r in runs if r not in known]
         if missing:
             raise DataError(f"{path}: no run {missing[0]!r} in this table; it holds {', '.join(known) or 'none'}")
@@ -337,11 +342,11 @@ def export(results, out, runs=None) -> Path:
     stem, archive = _archive(out)
     stage = out.with_name(f".{out.name}.staging") if archive else out
     if runs:
-        known = {p.name for g in GRANULARITIES if layout.losses.dataset(g).is_dir() for p in layout.losses.dataset(g).iterdir()}
+        known = sorted({r for g in GRANULARITIES for r in runs_in(layout.losses.dataset(g))})
         missing = [r for r in runs if r not in known]
         if missing:
             raise DataError(f"--runs: {missing[0]!r} has no losses in {layout.losses.dir}; runs there: "
-                            f"{', '.join(sorted(known)) or 'none'}")
+                            f"{', '.join(known) or 'none'}")
     with atomic.atomic_dir(stage) as tmp:
         for g in GRANULARITIES:
             for part in sorted(layout.losses.dataset(g).glob("*/step_*.parquet")):
