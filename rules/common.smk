@@ -5,9 +5,16 @@
 
 import re
 
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
 from scaledyn.config import load_study
 
-STUDY = load_study(config)
+# Under --sdm conda the jobs' environment, not this one, must hold what they import.
+STUDY = load_study(
+    config,
+    jobs_env_here=DeploymentMethod.CONDA
+    not in workflow.deployment_settings.deployment_method,
+)
 L = STUDY.layout
 RUNS = list(STUDY.runs)  # trained runs, in the config's size order
 SUITES = STUDY.suites  # published checkpoint suites: evaluated, never trained

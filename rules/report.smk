@@ -1,8 +1,6 @@
 # Figures and tables land in <results>/report/; `snakemake --report report.html` bundles them with
 # the captions in report/*.rst. The report reads exactly the inputs declared here.
 
-from scaledyn.report import FIGURES
-
 
 rule report:
     input:
@@ -26,9 +24,9 @@ rule report:
             report(
                 L.report.figure(n), caption=f"../report/{n}.rst", category="Figures"
             )
-            for n in FIGURES
+            for n in L.report.FIGURES
         ],
-        pdfs=[L.report.figure(n, "pdf") for n in FIGURES],
+        pdfs=[L.report.figure(n, "pdf") for n in L.report.FIGURES],
         table=report(
             L.report.table("csv"), caption="../report/fits.rst", category="Tables"
         ),

@@ -413,7 +413,7 @@ def test_revision_templates_that_leave_the_suite_are_refused(template):
 
 def test_a_local_revision_that_links_outside_its_suite_is_refused(tmp_path):
     from scaledyn.analysis.options import Suite
-    from scaledyn.analysis.suites import resolve
+    from scaledyn.analysis.revisions import resolve
     from scaledyn.errors import SuiteError
 
     (tmp_path / "outside").mkdir()

@@ -177,3 +177,75 @@ def test_controls_change_only_what_they_control(control):
         assert len(ctrl["seeds"]) >= 3 and ctrl["model"] == default["model"]
     else:
         assert ctrl["seeds"] == default["seeds"] and set(ctrl["model"]["sizes"]) <= set(default["model"]["sizes"])
+
+
+def _snakemake_only_env(root: Path) -> Path:
+    """A virtual environment that sees Snakemake and its dependencies and nothing else (no numpy,
+    torch or scaledyn), built offline from the distributions installed here: each one's top-level
+    files are linked into one folder that a .pth puts on the path. Returns its python."""
+    import importlib.metadata as md
+    import venv
+
+    from packaging.requirements import Requirement
+
+    seen, todo = {}, ["snakemake"]
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen[key] = dist = md.distribution(name)
+        for req in map(Requirement, dist.requires or []):
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    site = root / "site"
+    site.mkdir(parents=True)
+    for dist in seen.values():
+        for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            src = Path(dist.locate_file(top))
+            if src.exists() and not (site / top).exists():
+                (site / top).symlink_to(src)
+    venv.create(root / "venv", with_pip=False)
+    python = root / "venv" / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "only-snakemake.pth").write_text(f"{site}\n")
+    return python
+
+
+def test_workflow_parses_with_only_snakemake(tmp_path):
+    """The usual set-up: Snakemake in its own environment, the package in the jobs' (envs/ under
+    --sdm conda). The Snakefile imports the checkout's src/ and parses without numpy or torch; under
+    --sdm conda the checks of the jobs' environment (data.packages installed) are left to the jobs."""
+    import json
+    import os
+
+    python = _snakemake_only_env(tmp_path / "smk")
+    probe = subprocess.run([python, "-c", "import snakemake, yaml, jsonschema\nimport numpy"], capture_output=True, text=True)
+    assert "No module named 'numpy'" in probe.stderr  # only Snakemake is there
+    bin_ = tmp_path / "bin"  # conda as Snakemake's dry run queries it (no environment is built)
+    bin_.mkdir()
+    info = {"conda_version": "24.7.1", "envs_dirs": [], "platform": "linux-64", "conda_prefix": "/opt/conda",
+            "root_prefix": "/opt/conda"}
+    (bin_ / "conda").write_text(f"""#!/bin/sh
+case "$*" in
+  --version) echo 'conda 24.7.1';;
+  'info --json') echo '{json.dumps(info)}';;
+  'config --get channel_priority --json') echo '{{"get": {{"channel_priority": "strict"}}}}';;
+  *) echo "unexpected: conda $*" >&2; exit 1;;
+esac
+""")
+    (bin_ / "conda").chmod(0o755)
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    for args in (["--configfile", str(REPO / "config.yaml")],
+                 ["--sdm", "conda", "--configfile", str(REPO / "configs" / "cpu-long.yaml")]):
+        proc = subprocess.run([python, "-m", "snakemake", "-n", "--cores", "1", "-s", str(REPO / "Snakefile"),
+                               "-d", str(tmp_path / "work"), *args], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert {"prepare_data", "train", "report"} <= set(planned(proc))
+    # without --sdm conda the jobs run here, so a corpus package missing here is refused at parse time
+    proc = subprocess.run([python, "-m", "snakemake", "-n", "--cores", "1", "-s", str(REPO / "Snakefile"), "-d",
+                           str(tmp_path / "work"), "--configfile", str(REPO / "configs" / "cpu-long.yaml")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "data.packages[0]: 'transformers' is not an installed package" in proc.stdout + proc.stderr
+    assert os.environ.get("PATH")  # the test's own environment is untouched

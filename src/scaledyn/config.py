@@ -21,7 +21,7 @@ from .layout import Layout
 from .options import ReportOptions, SlurmOptions
 from .schedule import Schedule
 from .schema import validate_schema
-from .stats.options import FitOptions
+from .stats.options import FitOptions, fitted_points_per_step
 from .train import sizes as size_presets
 from .train.spec import Optimizer, RunSpec
 
@@ -170,10 +170,12 @@ def _check_finite(node, where: str = "") -> None:
         raise ConfigError(f"config: {where}: {node} is not a finite number")
 
 
-def _check_data(data: dict) -> None:
+def _check_data(data: dict, jobs_env_here: bool) -> None:
     if data["source"] == "packages":
         if not data["packages"]:
             raise ConfigError("config: data.packages: source 'packages' needs at least one installed package name")
+        if not jobs_env_here:
+            return
         from .data.sources import package_dir
 
         for i, name in enumerate(data["packages"]):
@@ -215,13 +217,13 @@ def _resolve_sizes(cfg: dict) -> dict[str, size_presets.Size]:
     return out
 
 
-def _check_suites(study: Study) -> None:
+def _check_suites(study: Study, jobs_env_here: bool) -> None:
     cfg = study.cfg
     if not cfg["model"]["sizes"] and not cfg["suites"]:
         raise ConfigError("config: model.sizes: the study has no sizes to train and no suites to analyse")
     if not cfg["suites"]:
         return
-    from .analysis.suites import check_local_suite
+    from .analysis.revisions import check_local_suite
 
     if cfg["data"]["tokenizer"]["kind"] != "pretrained":
         raise ConfigError("config: data.tokenizer.kind: suites are evaluated on text tokenized with their own tokenizer; "
@@ -234,7 +236,7 @@ def _check_suites(study: Study) -> None:
             raise ConfigError(f"config: suites.{name}.gradient_steps: {missing} are not among suites.{name}.steps")
         if suite.curve and not Path(suite.curve).is_file():
             raise ConfigError(f"config: suites.{name}.curve: file not found: {suite.curve}")
-        check_local_suite(suite, cfg["data"]["tokenizer"]["name"])
+        check_local_suite(suite, cfg["data"]["tokenizer"]["name"] if jobs_env_here else None)
 
 
 def _check_train(train: dict) -> None:
@@ -269,13 +271,8 @@ def _check_fit(cfg: dict) -> None:
     before any training (the fit needs 7; fit_run would fail only after the whole run)."""
     if not cfg["model"]["sizes"]:
         return
-    import numpy as np
-
-    from .stats.curve import Preprocessing, fit_points
-
     fit, steps = cfg["fit"], cfg["train"]["steps"]
-    grid = np.arange(1, steps + 1, dtype=float)
-    n = len(fit_points(grid, grid, Preprocessing(fit["smoothing"], fit["subsample"], fit["transient_steps"], "no"))[0])
+    n = fitted_points_per_step(steps, fit["transient_steps"], fit["subsample"])
     if n < 7:
         raise ConfigError(f"config: fit.transient_steps: {fit['transient_steps']:g} leaves {n} fitted points of a "
                           f"{steps}-step run (train.steps); a one-break fit needs at least 7: train longer or lower it")
@@ -297,8 +294,12 @@ def _check_budget(cfg: dict) -> None:
                           f"but data.max_tokens caps the corpus at {data['max_tokens']} and training needs some too")
 
 
-def load_study(source: str | Path | dict, overrides: dict | None = None) -> Study:
-    """Build a Study from a YAML path or a dict (as Snakemake's `config`), raising ConfigError."""
+def load_study(source: str | Path | dict, overrides: dict | None = None, jobs_env_here: bool = True) -> Study:
+    """Build a Study from a YAML path or a dict (as Snakemake's `config`), raising ConfigError.
+
+    jobs_env_here: the jobs run in this Python environment, so what they import can be checked
+    here (data.packages installed, a local suite's tokenizer). False where they do not: the
+    workflow parsed with only Snakemake for `--sdm conda`, where the jobs' environment checks it."""
     if isinstance(source, dict):
         raw = source
     else:
@@ -318,9 +319,9 @@ def load_study(source: str | Path | dict, overrides: dict | None = None) -> Stud
     if isinstance(raw, dict) and raw.get("suites") and "sizes" not in (raw.get("model") or {}):
         raw = _merge(raw, {"model": {"sizes": []}})  # a study of suites trains nothing unless it names sizes
     cfg = validate_schema(raw)
-    _check_data(cfg["data"])
+    _check_data(cfg["data"], jobs_env_here)
     study = Study(cfg, _resolve_sizes(cfg))
-    _check_suites(study)
+    _check_suites(study, jobs_env_here)
     _check_train(cfg["train"])
     _check_steps(cfg, set(study.checkpoint_steps))
     _check_budget(cfg)

@@ -77,6 +77,8 @@ class LossesPaths:
 
 
 class ReportPaths:
+    FIGURES = ("loss_curves", "scaling_trends", "zsl_dtt", "zsl_dt1", "d_vs_m", "loss_change_hist")
+
     def __init__(self, root: str | Path):
         self.dir = Path(root)
         self.summary = self.dir / "summary.md"

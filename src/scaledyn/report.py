@@ -30,7 +30,7 @@ from .stats.fit import BrokenPowerLawFit  # noqa: E402
 from .stats.lrtime import describe  # noqa: E402
 from .stats.trends import ScalingTrend, per_size_table, read_trends, run_lines  # noqa: E402
 
-FIGURES = ("loss_curves", "scaling_trends", "zsl_dtt", "zsl_dt1", "d_vs_m", "loss_change_hist")
+FIGURES = ReportPaths.FIGURES
 BREAKS = ("deceleration", "acceleration")
 
 

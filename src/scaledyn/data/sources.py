@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import DataError
 from ..hashing import sha256
 from .options import DataOptions
@@ -230,7 +228,7 @@ class Source:
             yield from self._hf_documents(k, n)
             return
         files = self._files()
-        bounds = np.linspace(0, len(files), n + 1).round().astype(int)
+        bounds = [round(i * (len(files) / n)) for i in range(n + 1)]  # np.linspace(...).round(), without numpy
         fmt, field = ("text", "text") if self._python_sources() else (self.data.files["format"], self.data.files["field"])
         count = 0
         for path in files[bounds[k] : bounds[k + 1]]:

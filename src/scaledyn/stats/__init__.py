@@ -6,13 +6,20 @@ intervals and warnings (`BrokenPowerLawFit`), and trends across sizes (`ScalingT
     fit = fit_curve(read_curve_csv("loss.csv"))
     print(fit.summary()); fit.conf_int()
 
-Imports nothing from torch, transformers or the training side (tests/test_layout.py checks it).
+Imports nothing from torch, transformers or the training side (tests/test_layout.py checks it). The
+names below are imported on first use, so that `scaledyn.stats.options` (which the workflow's
+config needs at parse time, where only Snakemake may be installed) pulls in no numpy or scipy.
 The method: docs/method.md sections 3-5 and 7-9.
 """
 
-from .curve import Curve, read_curve_csv
-from .fit import BrokenPowerLawFit, fit_curve
-from .options import FitOptions
-from .trends import ScalingTrend
+import importlib
 
-__all__ = ["BrokenPowerLawFit", "Curve", "FitOptions", "ScalingTrend", "fit_curve", "read_curve_csv"]
+_HOME = {"Curve": "curve", "read_curve_csv": "curve", "BrokenPowerLawFit": "fit", "fit_curve": "fit",
+         "FitOptions": "options", "ScalingTrend": "trends"}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CurveError
+from .options import SUBSAMPLE_CAP
 
 DUPLICATE_POLICIES = ("last", "first", "mean", "error")
 INPUT_KINDS = ("auto", "no", "log-ma", "other")  # what was done to the curve before it reached us
-SUBSAMPLE_CAP = 1000  # docs/method.md section 3: every 1,000th step from 10,000 on, however long the run
 MA_FACTOR = 1.2
 
 

@@ -9,6 +9,29 @@ from typing import ClassVar
 from ..errors import ConfigError
 from ..options import StageOptions
 
+SUBSAMPLE_CAP = 1000  # docs/method.md section 3: every 1,000th step from 10,000 on, however long the run
+
+
+def fitted_points_per_step(steps: int, transient_steps: float, subsample: str) -> int:
+    """How many points of a per-step log of `steps` steps the fit keeps: those after the transient,
+    log-subsampled (stats.curve.log_subsample_mask keeps the multiples of each decade's stride on a
+    per-step log, and the last step). Counted in closed form, without numpy, because the config
+    check that uses it runs where the workflow is parsed (tests check it against the mask)."""
+    first = max(math.floor(transient_steps) + 1, 1)
+    if first > steps:
+        return 0
+    if subsample != "log":
+        return steps - first + 1
+    n, d, last_kept = 0, 1, False
+    while 10**d <= steps:
+        stride = min(10 ** (d - 1), SUBSAMPLE_CAP)
+        lo, hi = max(10**d, first), min(10 ** (d + 1) - 1, steps)
+        if lo <= hi:
+            n += hi // stride - (lo - 1) // stride
+            last_kept = last_kept or (hi == steps and steps % stride == 0)
+        d += 1
+    return n + (not last_kept)
+
 
 @dataclass(frozen=True)
 class FitOptions(StageOptions):
