@@ -240,6 +240,20 @@ def test_preprocessing_matches_definitions():
     assert log_subsample_mask(huge).sum() == 500  # every row of a sparse 1e30 axis survives
 
 
+@pytest.mark.parametrize("steps", [1, 9, 10, 11, 99, 100, 101, 999, 1000, 1234, 10000, 10001, 54321, 200000])
+def test_config_counts_fitted_points_as_the_fit_keeps_them(steps):
+    """The config check counts fitted points in closed form (no numpy where the workflow is
+    parsed); it must agree with the mask the fit applies, on every per-step log."""
+    from scaledyn.stats.curve import Preprocessing, fit_points
+    from scaledyn.stats.options import fitted_points_per_step
+
+    grid = np.arange(1, steps + 1, dtype=float)
+    for transient in (0, 0.5, 9, 10, 99.5, 100, 1000, 5000, 50000):
+        for sub in ("log", "none"):
+            kept = len(fit_points(grid, grid, Preprocessing("none", sub, transient, "no"))[0])
+            assert fitted_points_per_step(steps, transient, sub) == kept, (transient, sub)
+
+
 def test_break_test_pieces():
     x = np.log(np.geomspace(100, 3000, 100))
     decel = [0, 0.3, -0.25, math.log(550), 0.2]
