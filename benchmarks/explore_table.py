@@ -14,7 +14,7 @@ import pandas as pd
 
 from benchmarks import replace_block
 from scaledyn.layout import Layout
-from scaledyn.stats.fit import BrokenPowerLawFit
+from scaledyn.stats.fit import read_fit
 
 
 def rows(label: str, results: Path) -> list[dict]:
@@ -25,7 +25,7 @@ def rows(label: str, results: Path) -> list[dict]:
         if not study.run(run).run_json.exists():
             continue
         meta = json.loads(study.run(run).run_json.read_text())
-        fit = BrokenPowerLawFit.read(fit_path)
+        fit = read_fit(fit_path)
         d, ci = fit.derived(), fit.conf_int()
         windows = pd.read_csv(study.fit_windows(run)) if study.fit_windows(run).exists() else pd.DataFrame()
         decel = windows[windows["verdict"] == "deceleration"] if len(windows) else windows

@@ -31,8 +31,8 @@ def data_cfg(**over):
                                 "heldout_batches": 2, **over}, "train": {"batch_size": 4}}).data
 
 
-def files_cfg(paths, fmt, field="text"):
-    return data_cfg(source="files", files={"paths": [str(p) for p in paths], "format": fmt, "field": field})
+def files_cfg(paths, fmt, field="text", **text):
+    return data_cfg(source="files", files={"paths": [str(p) for p in paths], "format": fmt, "field": field, **text})
 
 
 def test_prepare_is_deterministic(tmp_path, tiny_config):
@@ -74,11 +74,60 @@ def test_files_sources_in_three_formats(tmp_path):
     rows = [{"text": TEXT[i:] + str(i), "id": i} for i in range(20)]
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
-    for pattern, fmt, n_docs in ((tmp_path / "*.txt", "text", 1), (tmp_path / "b.jsonl", "jsonl", 20), (tmp_path / "c.parquet", "parquet", 20)):
+    for pattern, fmt, n_docs in ((tmp_path / "*.txt", "text", 41), (tmp_path / "b.jsonl", "jsonl", 20), (tmp_path / "c.parquet", "parquet", 20)):
         options = files_cfg([pattern], fmt)
         assert len(documents(options)) == n_docs and Source(options).provenance()["source"] == "files"
+    assert documents(files_cfg([tmp_path / "a.txt"], "text", split="file")) == [TEXT]
     m = prepare(files_cfg([tmp_path / "b.jsonl"], "jsonl"), tmp_path / "out")
     assert m["splits"]["eval"]["sequences"] == 8
+
+
+@pytest.mark.parametrize("split, separator", [("blank_lines", None), ("lines", None), ("separator", "<|endoftext|>"),
+                                              ("file", None)])
+def test_text_files_stream_into_the_same_documents_as_a_whole_read(tmp_path, monkeypatch, split, separator):
+    """A text file is cut into documents as it streams: whatever the chunk size (separators across
+    chunk ends, \\r\\n line ends), the documents are those of splitting the whole text; a document
+    longer than the cap is cut at line ends into pieces that join back into it."""
+    import re
+
+    from scaledyn.data import sources
+
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "\n", "\n\n", " \n\n\n", "<|endoftext|>", "\r\n", "\r\n\r\n", "  "]
+    text = "".join(rng.choice(words, 3000))
+    (tmp_path / "t.txt").write_bytes(text.encode())
+    whole = text.replace("\r\n", "\n")
+    pattern = re.escape(separator) if separator else sources.SPLITS[split]
+    expected = re.split(pattern, whole) if pattern else [whole]
+    for chunk in (1, 7, 64, 1 << 20):
+        monkeypatch.setattr(sources, "CHUNK_CHARS", chunk)
+        got = documents(files_cfg([tmp_path / "t.txt"], "text", split=split, separator=separator))
+        assert got == expected, chunk
+    monkeypatch.setattr(sources, "MAX_DOCUMENT_CHARS", 40)
+    capped = documents(files_cfg([tmp_path / "t.txt"], "text", split=split, separator=separator))
+    assert max(map(len, capped)) <= 40 and "".join(capped) == "".join(expected)
+
+
+def test_a_large_text_file_is_never_held_whole(tmp_path, monkeypatch):
+    """Streaming 48 MB of text (one document per paragraph, or one per file cut into 1 MiB pieces)
+    holds a few pieces at a time: Python's own allocations peak far below the file's size."""
+    import tracemalloc
+
+    from scaledyn.data import sources
+
+    monkeypatch.setattr(sources, "MAX_DOCUMENT_CHARS", 1 << 20)
+
+    line = "the quick brown fox jumps over the lazy dog " * 4 + "\n"
+    with open(tmp_path / "big.txt", "w") as f:
+        for i in range(48 * 1024 * 1024 // (len(line) * 20)):
+            f.write(line * 20 + "\n")
+    for split in ("blank_lines", "file"):
+        source = Source(files_cfg([tmp_path / "big.txt"], "text", split=split))
+        tracemalloc.start()
+        n = sum(1 for k in range(source.slices()) for _ in source.documents(k))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert n > 1 and peak < 12 * 2**20, (split, n, peak)  # the whole file would be 48 MB
 
 
 def test_hf_source_from_a_locally_saved_dataset(tmp_path):
@@ -122,7 +171,7 @@ def test_empty_files_and_records_are_skipped_and_counted(tmp_path):
         (tmp_path / f"m{i}.py").write_text(TEXT + str(i))
     (tmp_path / "__init__.py").write_text("")
     (tmp_path / "blank.py").write_text("\n\n")
-    m = prepare(files_cfg([tmp_path / "*.py"], "text"), tmp_path / "out")
+    m = prepare(files_cfg([tmp_path / "*.py"], "text", split="file"), tmp_path / "out")
     assert m["corpus"]["documents"] == 8 and m["corpus"]["empty_documents"] == 2
     rows = [{"text": TEXT}, {"text": ""}, {"text": None}, {"text": TEXT + "x"}]
     (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 5))

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -422,3 +423,23 @@ def test_near_floor_slow_structure_is_warned():
 def _scenario(cb, truth, params, n):
     s = cb.Scenario(3000, "raw", truth, params, "iid")
     return s, [cb.one_curve(s, i) for i in range(n)]
+
+
+def test_appended_blocks_of_logged_steps_are_repeats_and_only_new_steps_out_of_order_are_refused():
+    """A resumed or concatenated log appends blocks of steps already logged (same or other losses):
+    they are repeats, resolved by on_duplicate, never "not a repeat of an earlier step". Only a step
+    logged once and out of order gets that message, and it names the right rows."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        step = np.unique(np.round(np.geomspace(1, 1000, int(rng.integers(5, 40)))))
+        loss = 2 + 1 / step
+        a = int(rng.integers(0, len(step)))
+        b = int(rng.integers(a, len(step))) + 1
+        block = [step[a:b], step[a:b], np.r_[step[a:b], step[a:b]]][int(rng.integers(0, 3))]
+        new = np.arange(step[-1] + 1, step[-1] + 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = validate_curve(np.r_[step, block, new], np.r_[loss, 2 + rng.random(len(block)), 2 + 1 / new])
+        assert np.array_equal(c.step, np.r_[step, new])
+    with pytest.raises(CurveError, match=r"row 4 \(line 5\): step 2.5 comes after step 3 \(row 3"):
+        validate_curve([1, 2, 3, 2.5, 4], [3, 2.9, 2.8, 2.85, 2.7])

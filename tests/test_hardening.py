@@ -129,7 +129,7 @@ def test_pickle_payloads_in_checkpoints_are_refused(short_run, tmp_path, victim)
 
     poison()
     longer = dataclasses.replace(spec, steps=20, checkpoint_steps=(8, 16, 20))
-    with pytest.warns(UserWarning, match=rf"skipping damaged checkpoint .*step_16.*{victim}.*refused"):
+    with pytest.warns(UserWarning, match=rf"skipping damaged checkpoint .*step16.*{victim}.*refused"):
         train(longer)  # resumes from step 8 instead
     assert not PWNED.exists()
     poison()  # the resumed run wrote step 16 afresh
@@ -173,7 +173,7 @@ def test_flipped_bytes_in_weights_are_refused_by_evaluate(short_run, tmp_path):
     raw = bytearray(weights.read_bytes())
     raw[-4000:-3000] = b"\xff" * 1000  # same size; these floats are now NaN
     weights.write_bytes(bytes(raw))
-    with pytest.raises(checkpoint.CheckpointError, match=r"step_8: .* per-token losses .* not finite"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"step8: .* per-token losses .* not finite"):
         evaluate_checkpoint(spec.run_dir, 8, spec.data_dir, tmp_path / "losses")
     assert not list((tmp_path / "losses").rglob("*.parquet"))
 
@@ -299,7 +299,7 @@ def test_kill_9_training_and_evaluation_then_resume(short_run, tmp_path):
 def test_stale_temporaries_are_removed(short_run, tmp_path):
     spec = copy_run(short_run, tmp_path / "run")
     paths = RunPaths(spec.run_dir)
-    stale = paths.checkpoints / ".step_16.abc123.tmp"
+    stale = paths.checkpoints / ".step16.abc123.tmp"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"x" * 1000)
     train(dataclasses.replace(spec, steps=17, checkpoint_steps=(8, 16, 17)))
@@ -365,7 +365,7 @@ def test_damaged_checkpoint_state_is_one_line(short_run, tmp_path):
     (ckpt / checkpoint.STATE).write_text("{}")
     out = scaledyn("evaluate", "--run-dir", spec.run_dir, "--step", 16, "--data", spec.data_dir, "--out", tmp_path / "l")
     assert out.returncode == 1 and "Traceback" not in out.stderr and checkpoint.STATE in out.stderr
-    with pytest.warns(UserWarning, match=f"step_16.*{checkpoint.STATE} lacks"):
+    with pytest.warns(UserWarning, match=f"step16.*{checkpoint.STATE} lacks"):
         train(dataclasses.replace(spec, steps=17, checkpoint_steps=(8, 16, 17)))
 
 

@@ -46,6 +46,23 @@ def test_partition_layout_and_schema(tiny_study):
     assert list(runs["run"]) == ["tiny-1k_s0", "tiny-6k_s0"] and (runs["non_embedding_params"] > 0).all()
 
 
+def test_schema_json_documents_every_table_as_written(tiny_study):
+    """schema.json gives each column of each table its type and description, and no column that the
+    written table lacks: the ZSL table included (its one-step extras are columns of every file)."""
+    import json
+
+    doc = json.loads(tiny_study.schema_doc.read_text())
+    written = {"zsl": pq.read_schema(tiny_study.zsl_table), "runs": pq.read_schema(tiny_study.run_table),
+               "tokens": pq.read_schema(next(tiny_study.losses.dataset("tokens").rglob("*.parquet")))}
+    for table, schema in written.items():
+        assert list(doc[table]) == schema.names, table
+        for f in schema:
+            assert doc[table][f.name]["type"] == str(f.type) and doc[table][f.name]["description"], (table, f.name)
+            assert f.metadata[b"description"].decode() == doc[table][f.name]["description"]
+    zsl = pd.read_parquet(tiny_study.zsl_table)
+    assert "coord_skipped" in zsl and zsl.loc[zsl["variant"] == "dt=t", "lr"].isna().all()
+
+
 def test_losses_match_the_models_own_loss(tiny_study):
     root = tiny_study.losses.dir
     data = TokenData.open(tiny_study.data.dir)
@@ -196,7 +213,7 @@ def test_corrupt_checkpoint_is_named(tiny_study, tmp_path):
     ckpt = RunPaths(tmp_path / "runs" / "r").checkpoint(8)
     shutil.copytree(tiny_study.run("tiny-1k_s0").checkpoint(8), ckpt)
     (ckpt / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="step_8"):
+    with pytest.raises(CheckpointError, match="step8"):
         evaluate_checkpoint(ckpt.parent.parent, 8, tiny_study.data.dir, tmp_path / "l")
     with pytest.raises(CheckpointError, match="missing or incomplete"):
         evaluate_checkpoint(ckpt.parent.parent, 9, tiny_study.data.dir, tmp_path / "l")

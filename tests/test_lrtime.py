@@ -14,7 +14,7 @@ from benchmarks import calibrate_schedule as cs
 from scaledyn.errors import CurveError
 from scaledyn.schedule import Schedule, lr_factor
 from scaledyn.stats.curve import read_curve_csv, validate_curve
-from scaledyn.stats.fit import BrokenPowerLawFit, fit_curve, with_schedule_verdict
+from scaledyn.stats.fit import fit_curve, read_fit, with_schedule_verdict
 from scaledyn.stats.lrtime import classify, describe, to_lr_time
 from scaledyn.stats.options import FitOptions
 from scaledyn.stats.powerlaws import bnsl_log
@@ -142,7 +142,7 @@ def test_fit_json_round_trip_and_the_fit_table(tmp_path):
     assert "Schedule verdict: deceleration" in r.stdout
     j = json.loads(out.read_text())
     assert j["schedule_verdict"] == "deceleration" and j["schedule_comparison"]["lr_area"]["source"] == "lr column"
-    back = BrokenPowerLawFit.read(out)
+    back = read_fit(out)
     assert back.schedule == j["schedule_comparison"] and json.loads(json.dumps(back.to_json())) == j
     # the S fit by itself: t_d in S, mapped to steps with its interval
     r = subprocess.run([sys.executable, "-m", "scaledyn", "fit-curve", str(tmp_path / "log.csv"), "--out",

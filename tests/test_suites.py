@@ -171,11 +171,13 @@ def test_hub_revisions_from_the_cache_offline_and_the_named_errors(suite_env, tm
 
 @pytest.fixture(scope="module")
 def suite_study(suite_env, tmp_path_factory):
-    """The whole workflow on two copies of the suite: a local directory and the HF cache."""
+    """The whole workflow on two copies of the suite (a local directory and the HF cache), and on
+    four of its revisions: a curve too short to fit."""
     from scaledyn.layout import Layout
 
     cfg = study_config(suite_env)
     cfg["suites"]["tiny-hub"] = {"model": REPO_ID, "steps": STEPS, "tokens_per_step": 256, "gradient_steps": [4]}
+    cfg["suites"]["tiny-short"] = {"model": str(suite_env["suite"]), "steps": [0, 4, 16, 64], "tokens_per_step": 256}
     work = tmp_path_factory.mktemp("suite-study")
     run_workflow(work, cfg, "--cores", "2", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(suite_env["cache"])})
     return Layout(work / "results")
@@ -205,6 +207,19 @@ def test_workflow_writes_every_revision_and_every_pair(suite_study):
     assert "tiny is a published suite" in summary and "evaluation loss at the listed revisions" in summary
     assert "calibrated (docs/calibration.md)" in summary
     assert "along the held-out batch's mean gradient" in summary
+
+
+def test_a_suite_too_short_to_fit_is_reported_not_fatal(suite_study):
+    """Four revisions leave three points after the transient cut: the fit file says `insufficient`
+    with the counts, the fit table and the summary say so, and the other runs are fitted as usual."""
+    fit = json.loads(suite_study.fit("tiny-short").read_text())
+    assert fit["verdict"] == "insufficient" and fit["n_points"] == 3 and fit["points_needed"] == 7
+    sizes = pd.read_csv(suite_study.fit_sizes).set_index("run")
+    assert sizes.loc["tiny-short", "verdict"] == "insufficient" and sizes.loc["tiny-short", "n_points"] == 3
+    assert pd.isna(sizes.loc["tiny-short", "t_d"]) and sizes.loc["tiny", "verdict"] != "insufficient"
+    summary = suite_study.report.summary.read_text()
+    assert "tiny-short" in summary and "too short to fit: 3 points after the transient cut, 7 needed" in summary
+    assert "| tiny-short | " in suite_study.report.table("md").read_text()
 
 
 def test_local_and_hub_paths_give_equal_losses(suite_study):

@@ -187,6 +187,8 @@ def _check_data(data: dict, jobs_env_here: bool) -> None:
         raise ConfigError("config: data.wheels: source 'wheels' needs at least one wheel (file and sha256)")
     if data["source"] == "files" and not data["files"]["paths"]:
         raise ConfigError("config: data.files.paths: source 'files' needs at least one path or glob")
+    if data["files"]["split"] == "separator" and not data["files"]["separator"]:
+        raise ConfigError("config: data.files.separator: split 'separator' needs the string that ends a document")
     if data["source"] == "hf" and not data["hf"]["name"]:
         raise ConfigError("config: data.hf.name: source 'hf' needs a dataset name or local path")
     if data["tokenizer"]["kind"] == "pretrained" and not data["tokenizer"]["name"]:

@@ -39,9 +39,10 @@ def partition(root: str | Path, run: str, step: int | str) -> Path:
     return Path(root) / run / f"step_{step}.parquet"
 
 
-def step_of(name: str) -> int | None:
-    """The step in a `step_<t>` name (a checkpoint directory, or a file's stem); None for any other name."""
-    digits = name[5:] if name.startswith("step_") else ""
+def step_of(name: str, prefix: str = "step_") -> int | None:
+    """The step in a `step_<t>` name (a file's stem; `step<t>` for a checkpoint directory, with
+    prefix "step"); None for any other name."""
+    digits = name[len(prefix):] if name.startswith(prefix) else ""
     return int(digits) if digits.isdigit() else None
 
 
@@ -128,12 +129,15 @@ class RunPaths:
         self.checkpoints = self.dir / "checkpoints"
 
     def checkpoint(self, step: int | str) -> Path:
-        return self.checkpoints / f"step_{step}"
+        """`step<t>`: the revision name of Pythia's and OLMo's Hub branches, so a checkpoint folder
+        pushes to the Hub under its own name, and checkpoints/ reads back as a local suite with the
+        default revision template `step{step}`."""
+        return self.checkpoints / f"step{step}"
 
     def marker(self, step: int | str) -> Path:
         """The workflow's output for checkpoint `step`; outside the checkpoint, so that Snakemake,
         which deletes a failed job's outputs, never deletes what a retry resumes from."""
-        return self.checkpoints / f"step_{step}.json"
+        return self.checkpoints / f"step{step}.json"
 
     def revision(self, step: int | str) -> Path:
         """A published suite's revision at `step`: where its weights are and what was checked."""
@@ -143,7 +147,7 @@ class RunPaths:
         """Steps of the checkpoint directories present (complete or not), ascending."""
         if not self.checkpoints.is_dir():
             return []
-        return sorted(s for d in self.checkpoints.glob("step_*") if d.is_dir() and (s := step_of(d.name)) is not None)
+        return sorted(s for d in self.checkpoints.glob("step*") if d.is_dir() and (s := step_of(d.name, "step")) is not None)
 
 
 class Layout:

@@ -26,7 +26,7 @@ from .layout import Layout, ReportPaths, RunPaths  # noqa: E402
 from .options import ReportOptions  # noqa: E402
 from .records import RunRecord
 from .stats.curve import log_moving_average  # noqa: E402
-from .stats.fit import BrokenPowerLawFit  # noqa: E402
+from .stats.fit import BrokenPowerLawFit, InsufficientFit, read_fit  # noqa: E402
 from .stats.lrtime import describe  # noqa: E402
 from .stats.trends import ScalingTrend, per_size_table, read_trends, run_lines  # noqa: E402
 
@@ -63,7 +63,7 @@ class StudyResults:
 
     runs: list[str]
     meta: dict[str, RunRecord]
-    fits: dict[str, BrokenPowerLawFit]
+    fits: dict[str, BrokenPowerLawFit | InsufficientFit]
     curves: dict[str, pd.DataFrame]
     trends: list[ScalingTrend]
     zsl: pd.DataFrame
@@ -75,7 +75,7 @@ class StudyResults:
         the fit-window tables (same order; optional)."""
         paths = [RunPaths(d) for d in run_dirs]
         meta = {p.name: RunRecord.read(p.run_json) for p in paths}
-        fits = {p.name: BrokenPowerLawFit.read(f) for p, f in zip(paths, fit_paths)}
+        fits = {p.name: read_fit(f) for p, f in zip(paths, fit_paths)}
         curves = {p.name: pd.read_csv(p.train_log) for p in paths}
         order = sorted(meta, key=lambda r: (meta[r].non_embedding_params, meta[r].seed, r))
         windows = {p.name: pd.read_csv(w) for p, w in zip(paths, window_paths)}
@@ -139,6 +139,8 @@ def fig_loss_curves(res: StudyResults):
         else:
             ax.plot(df["step"], df["loss"], color=color, alpha=0.12, lw=0.5, gid="raw")
             ax.plot(df["step"], log_moving_average(df["loss"].to_numpy()), color=color, lw=1, label=verdict)
+        if isinstance(f, InsufficientFit):  # too short to fit: its points, no fitted law
+            continue
         x = np.geomspace(*f.fit_range, 200)
         ax.plot(x, f.predict(x), color=color, lw=2.2, alpha=0.8, gid="fit")
         if f.verdict in BREAKS:
@@ -401,8 +403,9 @@ def window_lines(res: StudyResults) -> tuple[list[str], list[str]]:
         verdicts = w.loc[w["verdict"] != "unfit", "verdict"].value_counts()
         text = ", ".join(f"{v} ×{n}" for v, n in verdicts.items())
         t_d = w.loc[w["verdict"] == "deceleration", "t_d"].astype(float)
-        main = res.fits[run].derived()["t_d"]
-        moved = float(np.max(np.abs(t_d / main - 1))) if len(t_d) else 0.0  # no break found: nothing moved
+        main = res.fits[run]
+        moved = (float(np.max(np.abs(t_d / main.derived()["t_d"] - 1))) if len(t_d) and isinstance(main, BrokenPowerLawFit)
+                 else 0.0)  # no break found, or no fit: nothing moved
         if len(verdicts) > 1 or moved > WINDOW_TOLERANCE:
             unstable.append(run)
         where = f"; t_d {t_d.min():.0f}–{t_d.max():.0f} where a deceleration is found" if len(t_d) else ""

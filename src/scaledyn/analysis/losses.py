@@ -92,12 +92,6 @@ def schema(granularity: str, token_dtype: str = "float32") -> pa.Schema:
     return pa.schema(fields)
 
 
-def described(table: pa.Table, descriptions: dict[str, str]) -> pa.Table:
-    """The table with a description in every column's metadata (where one is known)."""
-    fields = [f.with_metadata({"description": descriptions[f.name]}) if f.name in descriptions else f for f in table.schema]
-    return table.cast(pa.schema(fields))
-
-
 def token_index(ids: np.ndarray, positions: int) -> tuple[np.ndarray, np.ndarray]:
     """(example_id, position) columns of per-token rows: every id repeated for positions 1..n."""
     return np.repeat(ids, positions), np.tile(np.arange(1, positions + 1, dtype=np.int32), len(ids))
@@ -144,31 +138,45 @@ def guard(root: Path) -> None:
         atomic.write_text(path, GUARD_TEXT)
 
 
-ZSL_COLUMNS = ["run", "size", "seed", "step", "step_next", "dt", "variant", "split", "granularity", "n",
-           "D", "M", "dL", "D_std", "M_std", "dL_std", "spread"]
-ZSL_DESCRIPTIONS = {  # the ZSL table's (zsl.py); declared here with the other tables, for schema.json
-    "run": "run name, <size>_s<seed>", "size": "model size name", "seed": "initialisation seed",
-    "step": "checkpoint the change starts from", "step_next": "checkpoint it ends at (step + 1 for dt=1)",
-    "dt": "step_next - step: the change's span in steps (0 for the direction predictions: no step is taken)",
-    "variant": "'dt=t' (checkpoint to checkpoint), 'dt=1' (one optimizer step), or 'grad-direction' / "
-               "'sign-direction' (suites: the JVP-predicted change along the held-out batch's mean gradient, or its "
-               "sign, per unit parameter distance; no optimizer state is published)",
-    "split": "'eval' or 'heldout'", "granularity": "'token' or 'sequence' (per-example unit of the changes)",
-    "n": "examples (dt=t) or held-out batches averaged (dt=1)",
-    "D": "destructive interference 1 - |sum x| / sum |x| of the per-example loss changes x",
-    "M": "mean |per-example loss change|, nats", "dL": "|change of the mean loss| = (1 - D) M, nats",
-    "D_std": "std of D (over example folds for dt=t, over held-out batches for dt=1)", "M_std": "std of M, likewise",
-    "dL_std": "std of dL, likewise", "spread": "what the _std columns are taken over",
-    "pred_corr_mean": "correlation of the JVP-predicted and the measured per-token changes (held-out batch)",
-    "D_pred_mean": "D of the JVP-predicted changes", "D_measured_mean": "D of the measured changes on the stepped batch",
-    "C_g_mean": "coordinate-wise interference sum_j |sum_i p_ij| / sum_j sum_i |p_ij|",
-    "C_g_shuffled_mean": "C_g with each token's terms given a random sign: its value when tokens push coordinates independently",
-    "D_grad_mean": "mean over non-embedding coordinates of 1 - |sum_i g_ij| / sum_i |g_ij|",
-    "D_grad_shuffled_mean": "D_grad with each token's gradient given a random sign (the chance level)",
-    "coord_tokens_mean": "tokens the coordinate-wise measures use", "coord_params_mean": "coordinates they use",
-    "coord_skipped": "why the coordinate-wise measures were skipped", "lr": "learning rate of the step",
-    "lr_note": "a note on that rate",
-}
+# The ZSL table (zsl.py): its first columns are every row's; the rest are the one-step rows' extras
+# (the gradient view, the step's rate), null in the rows that have none. Every table written has
+# all of them, with these types, so a reader never meets a column that comes and goes.
+ZSL_FIELDS = [
+    ("run", pa.string(), "run name, <size>_s<seed>"), ("size", pa.string(), "model size name"),
+    ("seed", pa.int64(), "initialisation seed"), ("step", pa.int64(), "checkpoint the change starts from"),
+    ("step_next", pa.int64(), "checkpoint it ends at (step + 1 for dt=1)"),
+    ("dt", pa.int64(), "step_next - step: the change's span in steps (0 for the direction predictions: no step is taken)"),
+    ("variant", pa.string(), "'dt=t' (checkpoint to checkpoint), 'dt=1' (one optimizer step), or 'grad-direction' / "
+                             "'sign-direction' (suites: the JVP-predicted change along the held-out batch's mean "
+                             "gradient, or its sign, per unit parameter distance; no optimizer state is published)"),
+    ("split", pa.string(), "'eval' or 'heldout'"),
+    ("granularity", pa.string(), "'token' or 'sequence' (per-example unit of the changes)"),
+    ("n", pa.int64(), "examples (dt=t) or held-out batches averaged (dt=1)"),
+    ("D", pa.float64(), "destructive interference 1 - |sum x| / sum |x| of the per-example loss changes x"),
+    ("M", pa.float64(), "mean |per-example loss change|, nats"),
+    ("dL", pa.float64(), "|change of the mean loss| = (1 - D) M, nats"),
+    ("D_std", pa.float64(), "std of D (over example folds for dt=t, over held-out batches for dt=1)"),
+    ("M_std", pa.float64(), "std of M, likewise"), ("dL_std", pa.float64(), "std of dL, likewise"),
+    ("spread", pa.string(), "what the _std columns are taken over"),
+    ("pred_corr_mean", pa.float64(), "dt=1 with zsl.gradient_view: correlation of the JVP-predicted and the measured "
+                                     "per-token changes (held-out batch)"),
+    ("D_pred_mean", pa.float64(), "D of the JVP-predicted changes"),
+    ("D_measured_mean", pa.float64(), "D of the measured changes on the stepped batch"),
+    ("C_g_mean", pa.float64(), "coordinate-wise interference sum_j |sum_i p_ij| / sum_j sum_i |p_ij|"),
+    ("C_g_shuffled_mean", pa.float64(), "C_g with each token's terms given a random sign: its value when tokens push "
+                                        "coordinates independently"),
+    ("D_grad_mean", pa.float64(), "mean over non-embedding coordinates of 1 - |sum_i g_ij| / sum_i |g_ij|"),
+    ("D_grad_shuffled_mean", pa.float64(), "D_grad with each token's gradient given a random sign (the chance level)"),
+    ("coord_tokens_mean", pa.float64(), "tokens the coordinate-wise measures use"),
+    ("coord_params_mean", pa.float64(), "coordinates they use"),
+    ("coord_skipped", pa.string(), "why the coordinate-wise measures were skipped (null where they were not)"),
+    ("lr", pa.float64(), "dt=1: learning rate of the step"), ("lr_note", pa.string(), "dt=1: a note on that rate"),
+]
+ZSL_COLUMNS = [n for n, _, _ in ZSL_FIELDS[:17]]  # what every row has
+
+
+def zsl_schema() -> pa.Schema:
+    return pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in ZSL_FIELDS])
 
 
 def check_writable(dataset: str | Path) -> None:
@@ -186,7 +194,7 @@ def schema_doc() -> dict:
     return {"layout": "one zstd Parquet file per (run, checkpoint): <granularity>/<run>/step_<step>.parquet; "
                       "run and step are columns of every file",
             **{g: {n: {"type": str(t), "description": d} for n, t, d in f} for g, f in FIELDS.items()},
-            "zsl": ZSL_DESCRIPTIONS}
+            "zsl": {n: {"type": str(t), "description": d} for n, t, d in ZSL_FIELDS}}
 
 
 def dataset(root, granularity: str = "sequences") -> ds.Dataset:

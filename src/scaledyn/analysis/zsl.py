@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import atomic
+from ..errors import DataError
 from . import losses
 
 METRICS = ("D", "M", "dL")
@@ -93,11 +94,15 @@ def dtt_table(losses_root, run: str, out, pairs: str = "log2") -> pd.DataFrame:
 
 
 def write_table(df: pd.DataFrame, out) -> None:
-    """Parquet, and CSV beside it for people who open tables in a spreadsheet."""
-    out = Path(out)
+    """Parquet with the ZSL table's schema (every column, typed and described), and CSV beside it
+    for people who open tables in a spreadsheet."""
+    out, schema = Path(out), losses.zsl_schema()
+    unknown = sorted(set(df.columns) - set(schema.names))
+    if unknown:
+        raise DataError(f"{out}: columns {unknown} are not in the ZSL table's schema (analysis/losses.py ZSL_FIELDS)")
+    df = df.reindex(columns=schema.names)
     with atomic.atomic_path(out) as tmp:
-        pq.write_table(losses.described(pa.Table.from_pandas(df, preserve_index=False), losses.ZSL_DESCRIPTIONS), tmp,
-                       compression="zstd")
+        pq.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False), tmp, compression="zstd")
     with atomic.atomic_path(out.with_suffix(".csv")) as tmp:
         df.to_csv(tmp, index=False)
 

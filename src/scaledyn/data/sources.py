@@ -8,9 +8,11 @@ from __future__ import annotations
 import glob
 import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import sysconfig
@@ -106,6 +108,10 @@ class WheelMember:
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
 
+    def open(self, encoding: str = "utf-8") -> io.TextIOWrapper:
+        """Streamed like a file; line ends kept as they are (as read_text keeps them)."""
+        return io.TextIOWrapper(_zip(self.wheel).open(self.name), encoding=encoding, newline="")
+
     def __str__(self) -> str:
         return f"{self.wheel}!{self.name}"
 
@@ -146,19 +152,56 @@ def _expand(patterns: list[str]) -> list[Path]:
     return paths
 
 
-def _read_text(path: Path) -> str:
+# A plain-text file is read in chunks and cut into documents as it streams, so memory holds one
+# document, never the file. A document longer than this is cut into pieces at line ends (one EOS
+# each): a 1 GB file with no separator costs 4 MiB of text, not 1 GB.
+CHUNK_CHARS = 1 << 20
+MAX_DOCUMENT_CHARS = 4 << 20
+SPLITS = {"blank_lines": r"\n(?:[^\S\n]*\n)+", "lines": r"\n", "file": None}
+
+
+def _capped(doc: str):
+    """A document, or its pieces of at most MAX_DOCUMENT_CHARS cut after line ends (they join back)."""
+    while len(doc) > MAX_DOCUMENT_CHARS:
+        cut = doc.rfind("\n", 0, MAX_DOCUMENT_CHARS) + 1 or MAX_DOCUMENT_CHARS
+        yield doc[:cut]
+        doc = doc[cut:]
+    yield doc
+
+
+def _text_documents(path: Path, split: str, separator: str | None):
+    """The documents of a text file, streamed: separated by blank lines, by line ends, by a literal
+    separator, or one per file (split = file); empty ones are yielded too (as ""). The same
+    documents as splitting the whole text, whatever the chunk size (tests check it)."""
+    pattern = re.compile(re.escape(separator)) if split == "separator" else SPLITS[split] and re.compile(SPLITS[split])
+    buf = ""
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as f:  # a file in universal-newline mode: \r\n reads as \n
+            while chunk := f.read(CHUNK_CHARS):
+                buf += chunk
+                start = 0
+                for m in re.finditer(pattern, buf) if pattern else ():
+                    if not buf[m.end():].strip(" \t\f\v"):  # a run of blank lines may go on in the next chunk
+                        break
+                    yield from _capped(buf[start : m.start()])
+                    start = m.end()
+                buf = buf[start:]
+                if len(buf) > MAX_DOCUMENT_CHARS + CHUNK_CHARS:  # a long document: its full pieces now, its tail later
+                    *pieces, buf = _capped(buf)
+                    yield from pieces
     except UnicodeDecodeError as e:
-        raise DataError(f"corpus file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise DataError(f"corpus file {path}: not UTF-8 text ({e.reason})") from None
     except OSError as e:
         raise DataError(f"corpus file {path}: cannot be read ({e.strerror})") from None
+    for doc in re.split(pattern, buf) if pattern else [buf]:
+        yield from _capped(doc)
 
 
-def _file_documents(path: Path, fmt: str, field: str):
-    """Documents of one corpus file, in order; empty ones are yielded too (as "") to be counted."""
+def _file_documents(path: Path, fmt: str, field: str, split: str = "file", separator: str | None = None):
+    """Documents of one corpus file, in order, streamed (text in chunks, JSONL by line, Parquet in
+    record batches); empty ones are yielded too (as "") to be counted."""
     if fmt == "text":
-        yield _read_text(path)
+        yield from _text_documents(path, split, separator)
         return
     if fmt == "jsonl":
         with open(path, "rb") as f:
@@ -205,8 +248,11 @@ class Source:
             files = wheel_files(self.data.wheels)
         else:
             files = _expand(self.data.files["paths"])
-        one_doc_per_file = self._python_sources() or self.data.files["format"] == "text"
-        return files[: self.data.max_documents] if self.data.max_documents and one_doc_per_file else files
+        return files[: self.data.max_documents] if self.data.max_documents and self._doc_per_file() else files
+
+    def _doc_per_file(self) -> bool:
+        f = self.data.files
+        return self._python_sources() or (self.kind == "files" and f["format"] == "text" and f["split"] == "file")
 
     def slices(self) -> int:
         """A cap on documents that are not one per file can only be applied in one pass."""
@@ -215,8 +261,7 @@ class Source:
         return self.data.slices
 
     def _doc_per_unit(self) -> bool:
-        return self._python_sources() or (self.kind == "files" and self.data.files["format"] == "text") or (
-            self.kind == "hf" and not self.data.hf["streaming"])
+        return self._doc_per_file() or (self.kind == "hf" and not self.data.hf["streaming"])
 
     def _python_sources(self) -> bool:
         return self.kind in ("stdlib", "packages", "wheels")
@@ -229,10 +274,11 @@ class Source:
             return
         files = self._files()
         bounds = [round(i * (len(files) / n)) for i in range(n + 1)]  # np.linspace(...).round(), without numpy
-        fmt, field = ("text", "text") if self._python_sources() else (self.data.files["format"], self.data.files["field"])
+        f = self.data.files
+        how = ("text", "text", "file", None) if self._python_sources() else (f["format"], f["field"], f["split"], f["separator"])
         count = 0
         for path in files[bounds[k] : bounds[k + 1]]:
-            for doc in _file_documents(path, fmt, field):
+            for doc in _file_documents(path, *how):
                 if self.data.max_documents and count >= self.data.max_documents:
                     return
                 count += 1
@@ -292,5 +338,6 @@ class Source:
                     "file_list_sha256": sha256(listing.encode())}
         if self.kind == "files":
             f = self.data.files
-            return {"source": "files", "format": f["format"], "field": f["field"], "files": [str(p) for p in self._files()]}
+            return {"source": "files", "format": f["format"], "field": f["field"], "split": f["split"],
+                    "separator": f["separator"], "files": [str(p) for p in self._files()]}
         return {"source": "hf", **self.data.hf}

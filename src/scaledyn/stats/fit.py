@@ -399,14 +399,72 @@ class BrokenPowerLawFit:
             lr_time=j.get("lr_time"), schedule=j.get("schedule_comparison"),  # absent from fits before the S axis
         )
 
-    @classmethod
-    def read(cls, path: str | Path) -> "BrokenPowerLawFit":
-        import json
 
-        try:
-            return cls.from_json(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CurveError(f"{path}: not a readable fit result ({type(e).__name__}: {e}); re-run fit-curve") from None
+MIN_POINTS = 7  # five parameters of the broken power law, and two residual degrees of freedom
+
+
+class TooFewPoints(CurveError):
+    """A curve too short (or too sparse after the transient cut) for the one-break fit."""
+
+    def __init__(self, curve: Curve, pre: Preprocessing, n: int):
+        self.curve, self.pre, self.n = curve, pre, n
+        super().__init__(f"{curve.source}: {n} points remain after preprocessing (transient {pre.transient_steps:g} "
+                         f"steps, subsample {pre.subsample!r}); a one-break fit needs at least {MIN_POINTS}")
+
+
+@dataclass
+class InsufficientFit:
+    """The fit file of a curve too short to fit (a suite with a handful of revisions): the verdict
+    `insufficient` and the counts, so a study goes on and its table and report say so, instead of
+    the whole workflow failing at one run. It has no estimates; nothing reads one from it."""
+
+    source: str
+    rows: dict
+    n_points: int
+    preprocessing: dict
+    axis: str
+    T: float
+    verdict: str = "insufficient"
+    points_needed: int = MIN_POINTS
+    schedule = None
+    lr_time = None
+
+    @classmethod
+    def of(cls, e: TooFewPoints) -> "InsufficientFit":
+        c = e.curve
+        return cls(c.source, {"read": c.rows_read, "used": int(len(c.step)), "duplicates": c.duplicates}, e.n,
+                   e.pre.to_dict(), c.axis, float(c.axis_values[-1]) if len(c.step) else float("nan"))
+
+    @property
+    def note(self) -> str:
+        return (f"too short to fit: {self.n_points} points after preprocessing (transient "
+                f"{self.preprocessing['transient_steps']:g} steps), {self.points_needed} needed")
+
+    def warnings(self) -> list[dict]:
+        return []
+
+    def summary(self) -> str:
+        return f"Loss-curve fit: {self.source}\nVerdict:         insufficient ({self.note})\n"
+
+    def to_json(self) -> dict:
+        return {"input": self.source, "rows": self.rows, "axis": self.axis, "preprocessing": self.preprocessing,
+                "n_points": self.n_points, "points_needed": self.points_needed, "T": self.T, "verdict": self.verdict,
+                "note": self.note}
+
+    @classmethod
+    def from_json(cls, j: dict) -> "InsufficientFit":
+        return cls(j["input"], j["rows"], j["n_points"], j["preprocessing"], j["axis"], j["T"])
+
+
+def read_fit(path: str | Path) -> BrokenPowerLawFit | InsufficientFit:
+    """A fit file: the broken power law's results, or the record of a curve too short to fit."""
+    import json
+
+    try:
+        j = json.loads(Path(path).read_text())
+        return InsufficientFit.from_json(j) if j.get("verdict") == "insufficient" else BrokenPowerLawFit.from_json(j)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CurveError(f"{path}: not a readable fit result ({type(e).__name__}: {e}); re-run fit-curve") from None
 
 
 def _saturating_terms(theta) -> dict:
@@ -561,9 +619,8 @@ def prepare_fit(curve: Curve, options: FitOptions) -> PreparedFit:
     o = options
     pre, notes = Preprocessing(o.smoothing, o.subsample, o.transient_steps, o.input_smoothed).resolve(curve.step)
     idx, y_fit, smooth = fit_points(curve.step, curve.loss, pre)
-    if len(idx) < 7:
-        raise CurveError(f"{curve.source}: {len(idx)} points remain after preprocessing (transient {pre.transient_steps:g} "
-                         f"steps, subsample {pre.subsample!r}); a one-break fit needs at least 7")
+    if len(idx) < MIN_POINTS:
+        raise TooFewPoints(curve, pre, len(idx))
     x, y = np.log(curve.axis_values[idx]), np.log(y_fit)
     null, pl, sat = smooth_null(x, y)
     broken = fit_bnsl(x, y)
@@ -632,7 +689,12 @@ def with_schedule_verdict(fit: BrokenPowerLawFit, curve: Curve, options: FitOpti
         fit.notes.append("schedule verdict: not classified (the curve has no lr column and no fit.schedule was given)")
         return fit
     lr_curve, lr_options = to_lr_time(curve, options.schedule), dataclasses.replace(options, axis="lr-area")
-    prepared = prepare_fit(lr_curve, lr_options)
+    try:
+        prepared = prepare_fit(lr_curve, lr_options)
+    except TooFewPoints as e:  # the decay cut can leave learning-rate time too few points
+        fit.notes.append(f"schedule verdict: not classified (on learning-rate time, {e.n} points remain; "
+                         f"{MIN_POINTS} needed)")
+        return fit
     lr_fit = finish_fit(prepared, lr_options)
     cross = None
     if fit.verdict == "deceleration" and lr_fit.verdict != "deceleration":  # is the steps break the schedule's?
@@ -648,10 +710,17 @@ def window_sensitivity_file(path, out, options: FitOptions | None = None) -> str
     return table.to_string(index=False)
 
 
-def fit_curve_file(path, out, options: FitOptions | None = None) -> BrokenPowerLawFit:
+def fit_curve_file(path, out, options: FitOptions | None = None) -> BrokenPowerLawFit | InsufficientFit:
+    """The fit file of a curve: its fit (with the schedule verdict), or `insufficient` where the
+    curve is too short to fit, so the rest of a study goes on."""
     options = options or FitOptions.defaults()
     curve = read_options_curve(path, options)
-    result = fit_curve(curve, options)
+    try:
+        result = fit_curve(curve, options)
+    except TooFewPoints as e:
+        result = InsufficientFit.of(e)
+        atomic.write_json(out, result.to_json())
+        return result
     if options.schedule_verdict and options.axis == "steps":
         result = with_schedule_verdict(result, curve, options)
     atomic.write_json(out, result.to_json())

@@ -24,7 +24,7 @@ from scipy import stats
 
 from .. import atomic
 from ..records import RunRecord
-from .fit import BrokenPowerLawFit
+from .fit import MIN_POINTS, BrokenPowerLawFit, InsufficientFit, read_fit
 
 TARGETS = {"log L_d": ("L_d", True), "r_d": ("r_d", False), "c0": ("c0", False)}  # target: (quantity, log scale)
 MIN_SIZES = 3
@@ -138,23 +138,29 @@ def fit_trend(table: pd.DataFrame, target: str) -> ScalingTrend:
     return trend
 
 
-SIZE_COLUMNS = ["run", "size", "seed", "N", "N_total", "verdict", "p_value", "t_d", "t_d_lo", "t_d_hi", "t_d_se",
-                "t_d_corrected", "t_d_corrected_lo", "t_d_corrected_hi", "L_d", "L_d_lo", "L_d_hi", "L_d_se", "r_d",
+SIZE_COLUMNS = ["run", "size", "seed", "N", "N_total", "verdict", "p_value", "n_points", "t_d", "t_d_lo", "t_d_hi",
+                "t_d_se", "t_d_corrected", "t_d_corrected_lo", "t_d_corrected_hi", "L_d", "L_d_lo", "L_d_hi", "L_d_se", "r_d",
                 "r_d_lo", "r_d_hi", "r_d_se", "c0", "c0_se", "c1", "f1", "slope_ratio", "L_T_hat", "L_T_hat_lo",
                 "L_T_hat_hi", "L_T", "rsle", "other_basin", "schedule_verdict", "lr_area_verdict", "lr_area_t_d",
                 "lr_area_t_d_steps", "lr_area_t_d_steps_lo", "lr_area_t_d_steps_hi", "warnings"]
 
 
-def per_size_table(fits: list[BrokenPowerLawFit], runs: list[RunRecord]) -> pd.DataFrame:
+def per_size_table(fits: list[BrokenPowerLawFit | InsufficientFit], runs: list[RunRecord]) -> pd.DataFrame:
     """One row per run: the broken fit's quantities (whatever the verdict; `verdict` says whether
     they describe a break), each with the interval of its own estimand, bootstrap standard errors on
     the trend's scales, and the fit's warning codes. t_d, L_d, r_d and L_T_hat describe the smoothed
-    curve (the paper's estimands); t_d_corrected the per-step curve."""
+    curve (the paper's estimands); t_d_corrected the per-step curve. A run too short to fit has
+    verdict `insufficient` and no quantities."""
     rows = []
     for f, r in zip(fits, runs):
+        if isinstance(f, InsufficientFit):
+            rows.append({"run": r.run, "size": r.size, "seed": r.seed, "N": r.non_embedding_params,
+                         "N_total": r.total_params, "verdict": f.verdict, "n_points": f.n_points,
+                         "warnings": "too_few_points"})
+            continue
         d, ci, se = f.derived(), f.conf_int(), f.stderr()
         row = {"run": r.run, "size": r.size, "seed": r.seed, "N": r.non_embedding_params,
-               "N_total": r.total_params, "verdict": f.verdict, "p_value": f.test.p_value,
+               "N_total": r.total_params, "verdict": f.verdict, "p_value": f.test.p_value, "n_points": f.n_points,
                "c1": d["c1"], "f1": d["f1"], "slope_ratio": d["slope_ratio"],
                "L_T": f.L_T, "rsle": f.broken.rsle, "other_basin": f.other_basin,
                "warnings": " ".join(w["code"] for w in f.warnings()), **schedule_columns(f.schedule)}
@@ -165,7 +171,7 @@ def per_size_table(fits: list[BrokenPowerLawFit], runs: list[RunRecord]) -> pd.D
             if k in se:
                 row[f"{k}_se"] = se[k]
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["N", "seed"]).reset_index(drop=True)[SIZE_COLUMNS]
+    return pd.DataFrame(rows).reindex(columns=SIZE_COLUMNS).sort_values(["N", "seed"]).reset_index(drop=True)
 
 
 def schedule_columns(record: dict | None) -> dict:
@@ -198,6 +204,9 @@ def run_lines(sizes: pd.DataFrame) -> list[str]:
             lines.append(f"{head} at t_d = {r['t_d']:.0f} steps ({_interval(r, 't_d', '.0f')}){corr}, "
                          f"L_d = {r['L_d']:.3f} ({_interval(r, 'L_d', '.3f')}), r_d = {r['r_d']:.3f} "
                          f"({_interval(r, 'r_d', '.3f')}); p = {r['p_value']:.3g}{warned}")
+        elif r["verdict"] == "insufficient":
+            lines.append(f"{head} (too short to fit: {int(r['n_points'])} points after the transient cut, "
+                         f"{MIN_POINTS} needed)")
         else:
             why = {"smooth_bend": "the curve bends, but no abrupt break", "power_law": "a single power law fits as well",
                    "acceleration": "the loss falls faster after the break"}[r["verdict"]]
@@ -212,7 +221,7 @@ def summary_text(sizes: pd.DataFrame, trends: list[ScalingTrend], alpha: float =
 
 
 def fit_scaling_files(fit_paths, run_paths, out_sizes, out_trends, out_summary) -> tuple[pd.DataFrame, list[ScalingTrend]]:
-    fits = [BrokenPowerLawFit.read(p) for p in fit_paths]
+    fits = [read_fit(p) for p in fit_paths]
     runs = [RunRecord.read(p) for p in run_paths]
     sizes = per_size_table(fits, runs)
     trends = [fit_trend(sizes, t) for t in TARGETS]

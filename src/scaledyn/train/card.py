@@ -20,8 +20,8 @@ from .spec import RunSpec
 TEXT = """# {run} at step {step:,}
 
 A checkpoint of run `{run}` of a scaledyn study of training dynamics: {tokens:,} training tokens
-seen ({step:,} of {steps:,} steps). Revision name on the Hub: `step{step}` (the folder is
-`step_{step}`; `scaledyn` suites read revisions with the template `step{{step}}`).
+seen ({step:,} of {steps:,} steps). Revision name on the Hub: `step{step}`, as its folder is named
+(Pythia's and OLMo's convention; `scaledyn` suites read revisions with the template `step{{step}}`).
 
 ## Model
 

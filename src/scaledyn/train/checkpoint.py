@@ -1,12 +1,12 @@
 """The one checkpoint format, and the Checkpointer that writes, marks, prunes and restores it.
 
-    runs/<run>/checkpoints/step_<t>/        written to a temporary directory, then renamed
+    runs/<run>/checkpoints/step<t>/         written to a temporary directory, then renamed
         config.json, model.safetensors      save_pretrained: opens with AutoModelForCausalLM
         optimizer.pt                        optimizer state (may be pruned, see Checkpointer.prune)
         rng.pt                              RNG states of the saving process, as tensors and numbers
         scaledyn_state.json                 step, tokens seen, kind, run spec, parameter counts
         COMPLETE                            written last: a directory without it is ignored
-    runs/<run>/checkpoints/step_<t>.json    the workflow's marker for checkpoint t (a copy of
+    runs/<run>/checkpoints/step<t>.json     the workflow's marker for checkpoint t (a copy of
                                             scaledyn_state.json, its mtime = the checkpoint's)
 
 Nothing in a checkpoint is unpickled: every torch.load uses weights_only=True, which accepts only
