@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import shutil
 import types
 
 import matplotlib.pyplot as plt
@@ -172,3 +173,22 @@ def test_summary_says_plainly_when_no_deceleration_survives_the_windows(res):
     steady = {r: windows[r].assign(verdict="deceleration", t_d=[t_d * 0.9, t_d, t_d * 1.1]) for r in res.runs}
     text = report.summary_markdown(dataclasses.replace(broke, windows=steady))
     assert "does not show an abrupt deceleration at this scale" not in text
+
+
+@pytest.mark.skipif(not any(map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
+                    reason="no headless Chromium (Debian's chromium)")
+def test_fit_table_and_summary_fit_a_laptop_page_in_chromium(res, tmp_path):
+    """Rendered by headless Chromium in a 1,400 px window, neither the fit table (a study with a
+    schedule verdict, intervals and warnings in every row) nor the summary is cut off."""
+    from benchmarks.screenshots import content_width
+
+    sizes = with_a_break(res).sizes
+    sizes["schedule_verdict"], sizes["lr_area_t_d_steps"] = "deceleration", 555.5
+    sizes["lr_area_t_d_steps_lo"], sizes["lr_area_t_d_steps_hi"] = 444.4, 666.6
+    sizes["warnings"] = "near_floor other_basin window_unstable"
+    page = tmp_path / "fits.html"
+    page.write_text(report.table_html(report.fit_table(pd.concat([sizes] * 3, ignore_index=True))))
+    assert content_width(page, 1400) <= 1400
+    summary = tmp_path / "summary.html"
+    summary.write_text(report.summary_html(with_a_break(res)))
+    assert content_width(summary, 1400) <= 1400

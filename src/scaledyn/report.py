@@ -264,25 +264,37 @@ def fig_histograms(res: StudyResults, changes: dict[str, tuple[int, np.ndarray]]
 # ----------------------------------------------------------------------------- tables and text
 
 
-TABLE = {"run": "run", "N": "N", "verdict": "verdict", "p_value": "p", "t_d": "t_d", "t_d_lo": "t_d lo", "t_d_hi": "t_d hi",
-         "t_d_corrected": "t_d per-step", "t_d_corrected_lo": "per-step lo", "t_d_corrected_hi": "per-step hi", "L_d": "L_d",
-         "L_d_lo": "L_d lo", "L_d_hi": "L_d hi", "r_d": "r_d", "r_d_lo": "r_d lo", "r_d_hi": "r_d hi",
-         "slope_ratio": "c0/r_d", "L_T_hat": "L̂_T", "L_T": "L_T", "schedule_verdict": "schedule verdict",
-         "lr_area_t_d_steps": "t_d via S", "lr_area_t_d_steps_lo": "via S lo", "lr_area_t_d_steps_hi": "via S hi",
-         "warnings": "warnings"}
+# The displayed fit table (md, tex, html): each estimate with its 95% interval in one cell, so it
+# fits a page; fits.csv keeps every number in its own column.
+TABLE = {"run": "run", "N": "N", "verdict": "verdict", "p_value": "p", "t_d": "t_d [95% CI]",
+         "t_d_corrected": "t_d per-step [95% CI]", "L_d": "L_d [95% CI]", "r_d": "r_d [95% CI]", "slope_ratio": "c0/r_d",
+         "L_T_hat": "L̂_T", "L_T": "L_T", "schedule_verdict": "schedule verdict",
+         "lr_area_t_d_steps": "t_d via S [95% CI]", "warnings": "warnings"}
 TEXT_COLUMNS = ("run", "verdict", "schedule_verdict", "warnings")
 
 
+def _num(v, c: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{int(v):,}" if c == "N" else f"{float(v):.4g}"
+
+
 def fit_table(sizes: pd.DataFrame) -> pd.DataFrame:
-    """Per-run table, every number rounded to 4 significant digits (N as an integer)."""
-    t = sizes[list(TABLE)].rename(columns=TABLE).copy()
-    for c in t.columns:
-        if c in (TABLE[k] for k in TEXT_COLUMNS):
-            t[c] = t[c].fillna("")
-            continue
-        t[c] = t[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else
-                        (f"{int(v):,}" if c == "N" else f"{float(v):.4g}"))
-    return t
+    """Per-run table, every number rounded to 4 significant digits (N as an integer), an estimate's
+    interval beside it in brackets."""
+    rows = []
+    for _, r in sizes.iterrows():
+        row = {}
+        for c, name in TABLE.items():
+            if c in TEXT_COLUMNS:
+                row[name] = "" if pd.isna(r[c]) else r[c]
+                continue
+            row[name] = _num(r[c], c)
+            lo, hi = r.get(f"{c}_lo"), r.get(f"{c}_hi")
+            if row[name] and lo is not None and not pd.isna(lo):
+                row[name] += f" [{_num(lo, c)},\u00a0{_num(hi, c)}]"  # a page may wrap before the interval
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(TABLE.values()))
 
 
 @dataclass
@@ -449,12 +461,12 @@ def summary_markdown(res: StudyResults) -> str:
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:60em;margin:1.5em auto;line-height:1.45;color:#222}}
-h1{{font-size:1.5em}} h2{{font-size:1.15em;margin-top:1.4em;border-bottom:1px solid #ddd}}
+<style>body{{font-family:system-ui,sans-serif;max-width:64em;margin:1.5em auto;line-height:1.45;color:#222}}
+body.table{{max-width:none;margin:1.5em}} h1{{font-size:1.5em}} h2{{font-size:1.15em;margin-top:1.4em;border-bottom:1px solid #ddd}}
 .wide{{overflow-x:auto}} table{{border-collapse:collapse;font-size:0.8em}}
-td,th{{border:1px solid #ccc;padding:0.2em 0.45em;text-align:right;white-space:nowrap}}
+td,th{{border:1px solid #ccc;padding:0.2em 0.45em;text-align:right}} td:first-child{{white-space:nowrap}}
 th{{background:#f3f3f3}} td:first-child,td:nth-child(3){{text-align:left}}</style></head>
-<body><h1>{title}</h1>
+<body class="{page}"><h1>{title}</h1>
 {body}
 </body></html>
 """
@@ -467,11 +479,11 @@ def summary_html(res: StudyResults) -> str:
         body += [f"<p>{html.escape(t)}</p>" for t in s.text]
         if s.bullets:
             body.append("<ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in s.bullets) + "</ul>")
-    return PAGE.format(title="Study summary", body="\n".join(body))
+    return PAGE.format(title="Study summary", page="text", body="\n".join(body))
 
 
 def table_html(table: pd.DataFrame) -> str:
-    return PAGE.format(title="Broken-power-law fits per run",
+    return PAGE.format(title="Broken-power-law fits per run", page="table",
                        body='<div class="wide">' + table.to_html(index=False, border=0, escape=True) + "</div>")
 
 
