@@ -1,6 +1,6 @@
 """Peak memory of data preparation on large plain-text corpora, against the default corpus.
 
-    python -m benchmarks.prepare_memory [--big-gb 1.0] [--files 20 --file-mb 13] [--work DIR]
+    python -m benchmarks.prepare_memory [--big-gb 1.0] [--files 20 --file-mb 13] [--readme docs/benchmarks.md]
 
 Each case runs the workflow's preparation jobs (`scaledyn prepare-data --stage tokenizer`, one
 `--stage slice` per slice, `--stage index`) as separate processes, as Snakemake runs them, and
@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
+from benchmarks import publish
 from scaledyn.config import load_study
 from scaledyn.data.sources import Source
 
@@ -66,6 +69,7 @@ def main(argv=None) -> None:
     ap.add_argument("--file-mb", type=float, default=13)
     ap.add_argument("--big-gb", type=float, default=1.0)
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--readme", type=Path, default=None, help="write the table into this file's prepare-memory block")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="prepare-memory-"))
     study = load_study("config.yaml")
@@ -89,10 +93,15 @@ def main(argv=None) -> None:
         rows.append({"case": name, "peak_mb": round(peak, 1), "wall_s": round(wall, 1)})
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["peak_mb"]
-    print(f"\n{'case':<36}{'peak RSS (MB)':>15}{'× default':>11}{'wall (s)':>10}")
     for r in rows:
-        print(f"{r['case']:<36}{r['peak_mb']:>15.0f}{r['peak_mb'] / base:>11.2f}{r['wall_s']:>10.0f}")
-    print(f"\n(scratch files in {work}; CPU count {os.cpu_count()})")
+        r["ratio"] = r["peak_mb"] / base
+    table = pd.DataFrame(rows)
+    text = (f"Peak resident memory of the preparation jobs (largest of tokenizer, slices, index; "
+            f"{os.cpu_count()} CPUs; `python -m benchmarks.prepare_memory`):\n\n"
+            + table.rename(columns={"peak_mb": "peak RSS (MB)", "ratio": "× default corpus", "wall_s": "wall (s)"})
+            .to_markdown(index=False, floatfmt=".2f") + "\n")
+    publish(text, table, None, args.readme, "prepare-memory")
+    print(f"(scratch files in {work})")
 
 
 if __name__ == "__main__":
