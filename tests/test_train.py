@@ -84,6 +84,29 @@ def test_interrupted_run_resumes_exactly(reference, tmp_path, sig):
     assert checkpoint.complete_steps(RunPaths(spec.run_dir)) == list(spec.checkpoint_steps)
 
 
+@pytest.mark.parametrize("name", ["sgd", "lion", "muon"])
+def test_each_optimizer_resumes_exactly_after_a_kill(tiny_config, tiny_data, tmp_path, name):
+    """SGD, Lion and Muon (with AdamW for the embedding) checkpoint their state like AdamW: a run
+    killed mid-way and resumed logs exactly the losses of an uninterrupted one."""
+    spec = make_spec(tiny_config, tiny_data, tmp_path / "ref", steps=60, checkpoint_steps=(20, 40, 60), flush_every=1,
+                     optimizer_steps=None, optimizer=dataclasses.replace(load_study(tiny_config).run_spec(
+                         "tiny-1k_s0").optimizer, name=name, momentum=0.9))
+    p = start(spec)
+    assert p.wait() == 0, p.stderr.read()[-2000:]
+    ref = log_rows(os.path.join(spec.run_dir, "train_log.csv"))
+    assert float(ref[-1][2]) < float(ref[0][2])  # it learns
+    killed = dataclasses.replace(spec, run_dir=str(tmp_path / "killed"))
+    p = start(killed)
+    wait_for_step(killed, 45, p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    p = start(killed)
+    assert p.wait() == 0, p.stderr.read()[-2000:]
+    assert log_rows(os.path.join(killed.run_dir, "train_log.csv")) == ref
+    state = torch.load(RunPaths(killed.run_dir).checkpoint(40) / "optimizer.pt", weights_only=True)["optimizer"]
+    assert ("chained" in state) == (name == "muon")
+
+
 def test_corrupt_checkpoint_is_skipped_with_warning(reference, tmp_path):
     ref_spec, ref_rows = reference
     spec = dataclasses.replace(ref_spec, run_dir=str(tmp_path / "run"), steps=60,

@@ -147,7 +147,12 @@ class RunPaths:
         """Steps of the checkpoint directories present (complete or not), ascending."""
         if not self.checkpoints.is_dir():
             return []
-        return sorted(s for d in self.checkpoints.glob("step*") if d.is_dir() and (s := step_of(d.name, "step")) is not None)
+        return sorted(s for d in self.checkpoints.glob("step*") if d.is_dir() and (s := self.step_of(d)) is not None)
+
+    @staticmethod
+    def step_of(checkpoint: Path) -> int | None:
+        """The step of a checkpoint directory `step<t>`; None for any other name."""
+        return step_of(checkpoint.name, "step")
 
 
 class Layout:

@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 from .. import atomic
 from ..errors import CheckpointError, WriteError
-from ..layout import DataPaths, RunPaths, step_of
+from ..layout import DataPaths, RunPaths
 from ..schedule import depends_on_total
 from .card import model_card
 from .launch import node_name
@@ -196,7 +196,7 @@ class Checkpointer:
     def remove_stale(self) -> None:
         """Temporary checkpoint directories a killed save left behind (full model and optimizer
         state: gigabytes at paper sizes). Only the run's lock holder may call this."""
-        for p in atomic.remove_stale(self.paths.checkpoints, ".step_"):
+        for p in atomic.remove_stale(self.paths.checkpoints, ".step"):
             print(f"{self.spec.name}: removed the unfinished checkpoint {p}", file=sys.stderr)
 
     def resumable(self) -> list[Path]:
@@ -228,7 +228,7 @@ class Checkpointer:
         step it was taken at (0 for a fresh run). Damaged checkpoints are skipped with a warning; one
         from another run spec stops the run."""
         for path in self.resumable():
-            step = step_of(path.name)
+            step = self.paths.step_of(path)
             if step > logged:
                 print(f"{self.spec.name}: checkpoint {path} is ahead of the training log (intact through step {logged}); "
                       "resuming from an earlier one so that the log has no gap", file=sys.stderr)

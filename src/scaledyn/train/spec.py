@@ -13,9 +13,14 @@ from .sizes import Size
 
 @dataclass(frozen=True)
 class Optimizer:
+    """train.optimizer: which update rule (train/optim.py), and its hyperparameters. betas are
+    AdamW's and Lion's; momentum is SGD's and Muon's; eps is AdamW's (and Muon's AdamW part)."""
+
     betas: tuple[float, float]
     eps: float
     weight_decay: float
+    name: str = "adamw"
+    momentum: float = 0.9
 
 
 def _resumable(**kw):
