@@ -55,9 +55,31 @@ class Study:
         return self.layout.root
 
     @property
-    def runs(self) -> dict[str, tuple[str, int]]:
-        """Run name -> (size, seed), in the config's size order."""
+    def baseline_runs(self) -> dict[str, tuple[str, int]]:
+        """The runs without an intervention: run name -> (size, seed), in the config's size order."""
         return {f"{s}_s{seed}": (s, seed) for s in self.cfg["model"]["sizes"] for seed in self.cfg["seeds"]}
+
+    @property
+    def runs(self) -> dict[str, tuple[str, int]]:
+        """Every trained run -> (size, seed): the baseline runs, then each intervention's
+        (<size>_s<seed>_<intervention>, in the config's order)."""
+        base = self.baseline_runs
+        return {**base, **{f"{r}_{i}": sz for i in self.cfg["interventions"] for r, sz in base.items()}}
+
+    def intervention_of(self, run: str) -> str | None:
+        """The intervention a trained run applies; None for a baseline run."""
+        size, seed = self.runs[run]
+        return run[len(f"{size}_s{seed}_"):] or None
+
+    def baseline_of(self, run: str) -> str:
+        """The baseline run of the same size and seed (the run itself for a baseline run)."""
+        size, seed = self.runs[run]
+        return f"{size}_s{seed}"
+
+    def train_cfg(self, run: str) -> dict:
+        """The train section a run trains with: the study's, with its intervention's overrides."""
+        i = self.intervention_of(run)
+        return self.cfg["train"] if i is None else _merge(self.cfg["train"], self.cfg["interventions"][i].get("train", {}))
 
     @property
     def suites(self) -> dict[str, Suite]:
@@ -74,7 +96,7 @@ class Study:
         """The runs of one family that the scaling trends compare: the trained sizes when there
         are any, else the suites (a trend across our models and a published suite mixes data,
         tokenizer and schedule with size)."""
-        return list(self.runs) or list(self.cfg["suites"])
+        return list(self.baseline_runs) or list(self.cfg["suites"])
 
     def steps(self, run: str) -> list[int]:
         """The checkpoints of a run: the schedule's for trained runs, the listed revisions for suites."""
@@ -130,7 +152,7 @@ class Study:
 
     def run_spec(self, run: str) -> RunSpec:
         size_name, seed = self.runs[run]
-        size, t, c = self.sizes[size_name], self.cfg["train"], self.cfg["checkpoints"]
+        size, t, c = self.sizes[size_name], self.train_cfg(run), self.cfg["checkpoints"]
         return RunSpec(
             name=run, size=size, seed=seed, data_dir=str(self.layout.data.dir), run_dir=str(self.layout.run(run).dir),
             seq_len=self.cfg["data"]["seq_len"], steps=t["steps"], batch_size=t["batch_size"],
@@ -280,6 +302,31 @@ def _check_fit(cfg: dict) -> None:
                           f"{steps}-step run (train.steps); a one-break fit needs at least 7: train longer or lower it")
 
 
+def _check_intervention_sections(raw) -> None:
+    interventions = raw.get("interventions") if isinstance(raw, dict) else None
+    for name, over in (interventions or {}).items() if isinstance(interventions, dict) else ():
+        for key in over if isinstance(over, dict) else ():
+            if key != "train":
+                raise ConfigError(f"config: interventions.{name}.{key}: an intervention overrides training options only "
+                                  "(train.*); every run keeps the study's data, sizes, evaluation and analysis")
+
+
+def _check_interventions(raw: dict, study: Study) -> None:
+    """Each intervention's overrides, merged into the study, pass every check the study's own train
+    section does; an error names the intervention and the key. What every run must share (the
+    step count, so the checkpoints and the comparison at each step are common) cannot change."""
+    base = {k: v for k, v in raw.items() if k != "interventions"}
+    for name, over in study.cfg["interventions"].items():
+        train = over.get("train", {})
+        if "steps" in train:
+            raise ConfigError(f"config: interventions.{name}.train.steps: every run of a study trains for train.steps "
+                              "steps (the checkpoints and the effects are compared step by step)")
+        try:
+            _check_train(validate_schema(_merge(base, {"train": train}))["train"])
+        except ConfigError as e:
+            raise ConfigError(f"config: interventions.{name}: {str(e).removeprefix('config: ')}") from None
+
+
 def _check_slurm_sizes(cfg: dict, sizes) -> None:
     for key in ("gpus", "nodes"):
         for name in cfg["slurm"][key]:
@@ -320,6 +367,7 @@ def load_study(source: str | Path | dict, overrides: dict | None = None, jobs_en
     _check_finite(raw)
     if isinstance(raw, dict) and raw.get("suites") and "sizes" not in (raw.get("model") or {}):
         raw = _merge(raw, {"model": {"sizes": []}})  # a study of suites trains nothing unless it names sizes
+    _check_intervention_sections(raw)
     cfg = validate_schema(raw)
     _check_data(cfg["data"], jobs_env_here)
     study = Study(cfg, _resolve_sizes(cfg))
@@ -329,6 +377,7 @@ def load_study(source: str | Path | dict, overrides: dict | None = None, jobs_en
     _check_budget(cfg)
     _check_fit(cfg)
     _check_slurm_sizes(cfg, list(study.sizes))
+    _check_interventions(raw, study)
     return study
 
 

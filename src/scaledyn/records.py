@@ -18,7 +18,7 @@ from .errors import DataError
 
 @dataclass(frozen=True, kw_only=True)
 class RunRecord:
-    run: str  # the run's name: <size>_s<seed> for trained runs, the suite's key for suites
+    run: str  # the run's name: <size>_s<seed>[_<intervention>] for trained runs, the suite's key for suites
     size: str
     seed: int
     total_params: int  # trainable parameters, a tied embedding counted once
@@ -41,6 +41,13 @@ class RunRecord:
     @property
     def is_suite(self) -> bool:
         return self.kind == "suite"
+
+    @property
+    def intervention(self) -> str | None:
+        """The intervention a trained run applies (its name's tail after <size>_s<seed>_); None for a
+        baseline run or a suite."""
+        base = f"{self.size}_s{self.seed}_"
+        return None if self.is_suite or not self.run.startswith(base) else self.run[len(base):]
 
     def to_dict(self) -> dict:
         return {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}

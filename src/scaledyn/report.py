@@ -103,7 +103,8 @@ class StudyResults:
     def label(self, run: str) -> str:
         m = self.meta[run]
         seeds = {self.meta[r].seed for r in self.runs}
-        return f"N = {fmt_n(m.non_embedding_params)}" + (f", seed {m.seed}" if len(seeds) > 1 else "")
+        return (f"N = {fmt_n(m.non_embedding_params)}" + (f", seed {m.seed}" if len(seeds) > 1 else "")
+                + (f", {m.intervention}" if m.intervention else ""))
 
     def sparse(self, run: str) -> bool:
         """A suite whose curve is its evaluation loss at the listed revisions, not a per-step log."""

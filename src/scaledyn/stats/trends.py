@@ -124,8 +124,13 @@ def size_points(table: pd.DataFrame, target: str) -> pd.DataFrame:
 def fit_trend(table: pd.DataFrame, target: str) -> ScalingTrend:
     pts = size_points(table, target)
     excluded = int((table["verdict"] != "deceleration").sum())
-    trend = ScalingTrend(target, pts["size"].tolist(), pts["N"].tolist(), pts["y"].tolist(), pts["se"].tolist(),
-                         runs_excluded=excluded)
+    return regress(ScalingTrend(target, pts["size"].tolist(), pts["N"].tolist(), pts["y"].tolist(), pts["se"].tolist(),
+                                runs_excluded=excluded))
+
+
+def regress(trend: ScalingTrend) -> ScalingTrend:
+    """The WLS line through a trend's per-size points (left unfitted with fewer than MIN_SIZES)."""
+    pts = pd.DataFrame({"N": trend.N, "y": trend.y, "se": trend.se})
     if len(pts) < MIN_SIZES or pts["N"].nunique() < 2 or not np.all(pts["se"] > 0):
         return trend
     X = sm.add_constant(np.log(pts["N"].to_numpy()))
