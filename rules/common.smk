@@ -4,6 +4,7 @@
 # options re-runs that stage and what depends on it, nothing more.
 
 import re
+import shlex
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
@@ -22,6 +23,10 @@ ALL_RUNS = STUDY.all_runs  # what evaluation, ZSL, the fits and the report cover
 STEPS = STUDY.checkpoint_steps
 DT1_STEPS = STUDY.dt1_steps
 SLURM = STUDY.slurm  # typed: scaledyn.options.SlurmOptions
+INTERVENTIONS = list(
+    STUDY.cfg["interventions"]
+)  # their runs are in RUNS; effects compare them
+FIGURES = L.report.FIGURES + (("effects",) if INTERVENTIONS else ())
 
 
 def one_of(names):

@@ -50,3 +50,25 @@ rule fit_scaling:
     shell:
         "scaledyn fit-scaling --fits {input.fits:q} --runs {input.runs:q} --out-sizes {output.sizes:q}"
         " --out-trends {output.trends:q} --out-summary {output.summary:q} > {log:q} 2>&1"
+
+
+# Interventions against their baselines: only in a study that has interventions.
+if STUDY.cfg["interventions"]:
+
+    rule effects:
+        input:
+            runs=[L.run(r).run_json for r in RUNS],
+            fits=[L.fit(r) for r in RUNS],
+            zsl=L.zsl_table,
+            losses=[L.losses.partition("sequences", r, STEPS[-1]) for r in RUNS],
+        output:
+            L.effects,
+        log:
+            L.log("fit", "effects"),
+        conda:
+            "../envs/scaledyn.yaml"
+        params:
+            losses=L.losses.dir,
+        shell:
+            "scaledyn effects --runs {input.runs:q} --fits {input.fits:q} --zsl {input.zsl:q}"
+            " --losses {params.losses:q} --out {output:q} > {log:q} 2>&1"

@@ -10,6 +10,7 @@ rule report:
         windows=[L.fit_windows(r) for r in ALL_RUNS],
         trends=L.fit_trends,
         zsl=L.zsl_table,
+        effects=[L.effects] if INTERVENTIONS else [],
         losses=[
             L.losses.partition("tokens", r, s)
             for r in ALL_RUNS
@@ -24,9 +25,9 @@ rule report:
             report(
                 L.report.figure(n), caption=f"../report/{n}.rst", category="Figures"
             )
-            for n in L.report.FIGURES
+            for n in FIGURES
         ],
-        pdfs=[L.report.figure(n, "pdf") for n in L.report.FIGURES],
+        pdfs=[L.report.figure(n, "pdf") for n in FIGURES],
         table=report(
             L.report.table("csv"), caption="../report/fits.rst", category="Tables"
         ),
@@ -44,6 +45,8 @@ rule report:
         losses=L.losses.dir,
         out=L.report.dir,
         options=STUDY.report.to_json(),
+        effects=f"--effects {shlex.quote(str(L.effects))}" if INTERVENTIONS else "",
     shell:
         "scaledyn report --run-dirs {params.run_dirs:q} --fits {input.fits:q} --windows {input.windows:q} --trends {input.trends:q}"
-        " --zsl {input.zsl:q} --losses {params.losses:q} --options {params.options:q} --out {params.out:q} > {log:q} 2>&1"
+        " --zsl {input.zsl:q} --losses {params.losses:q} --options {params.options:q} {params.effects} --out {params.out:q}"
+        " > {log:q} 2>&1"

@@ -3,12 +3,13 @@
 import copy
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, log_rows
 
 from scaledyn.config import load_study
 from scaledyn.errors import ConfigError
@@ -127,3 +128,38 @@ def test_final_loss_is_paired_by_example_and_seeds_pool_with_a_t_interval():
     assert len(pool) == 3 and (pool["seed"] == -1).all() and pool["note"].str.contains("mean over 3 seeds").all()
     trend = size_trends(pd.concat([table, pool], ignore_index=True))[0]
     assert trend.estimable and trend.slope < 0 and trend.sizes == ["a", "b", "c"]
+
+
+def test_adding_interventions_to_a_finished_study_trains_only_their_runs_and_reports_effects(tiny_study, tmp_path):
+    """On a copy of the finished tiny study, an intervention that changes nothing (grad_clip at its
+    default) plans exactly one training job per size, all of them its own; run end to end, its
+    effects are exactly null where estimable, the others say why, and the report has them."""
+    import shutil
+
+    from conftest import run_workflow
+
+    from scaledyn.layout import Layout
+
+    work = tmp_path / "study"
+    shutil.copytree(tiny_study.root.parent, work, ignore=shutil.ignore_patterns("locks"))
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["interventions"] = {"noop": {"train": {"grad_clip": 1.0}}}
+    plan = run_workflow(work, cfg, "-n", "-p", "--rerun-triggers", "params", "mtime")
+    stats = plan.stdout.split("Job stats:")[-1]
+    assert re.search(r"^train\s+2$", stats, re.M) and re.search(r"^effects\s+1$", stats, re.M)
+    blocks = [b for b in re.split(r"\n(?=(?:local)?rule \w+:)", plan.stdout) if b.startswith("rule train:")]
+    trained = [re.search(r"wildcards: run=(\S+)", b).group(1) for b in blocks]
+    assert sorted(trained) == ["tiny-1k_s0_noop", "tiny-6k_s0_noop"]
+    run_workflow(work, cfg, "--cores", "2", "--rerun-triggers", "params", "mtime")
+    out = Layout(work / "results")
+    for size in ("tiny-1k", "tiny-6k"):
+        assert log_rows(out.run(f"{size}_s0_noop").train_log) == log_rows(out.run(f"{size}_s0").train_log)
+    effects = pd.read_csv(out.effects)
+    assert set(effects["run"]) == {"tiny-1k_s0_noop", "tiny-6k_s0_noop"} and len(effects) == 2 * 8
+    done = effects[effects["effect"].notna()]
+    assert len(done) and (done["effect"] == done["null"]).all() and not done["excludes_null"].any()
+    assert (effects.loc[effects["effect"].isna(), "note"].str.startswith("not compared")).all()
+    assert "final eval loss" in set(done["quantity"])
+    summary = out.report.summary.read_text()
+    assert "## Interventions" in summary and "noop, final eval loss" in summary and "includes 0 at every size" in summary
+    assert out.report.figure("effects").stat().st_size > 1000

@@ -191,6 +191,15 @@ def cmd_fit_scaling(args) -> None:
     print(Path(args.out_summary).read_text(), end="")
 
 
+def cmd_effects(args) -> None:
+    from .analysis.effects import write_effects
+
+    table = write_effects(args.runs, args.fits, args.zsl, args.losses, args.out)
+    shown = table[table["effect"].notna()]
+    print(f"{args.out}: {len(table)} effects ({len(shown)} estimated, "
+          f"{int(shown['excludes_null'].fillna(False).astype(bool).sum())} excluding no effect)")
+
+
 def cmd_zsl_dtt(args) -> None:
     from .analysis.zsl import dtt_table
 
@@ -267,7 +276,7 @@ def cmd_report(args) -> None:
     from .report import build_report
 
     build_report(args.run_dirs, args.fits, args.trends, args.zsl, args.losses, args.out, _stage_options(ReportOptions, args),
-                 args.windows or ())
+                 args.windows or (), args.effects)
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -358,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-trends", required=True, help="the trends (JSON, ScalingTrend.from_json)")
     sp.add_argument("--out-summary", required=True, help="plain-text summary")
 
+    sp = add("effects", cmd_effects, "Each intervention run against its baseline (same size and seed): t_d ratio, L_d, "
+             "r_d, D before and after t_d, final loss, each with its interval.")
+    sp.add_argument("--runs", nargs="+", required=True, help="run.json files of the interventions and their baselines")
+    sp.add_argument("--fits", nargs="+", required=True, help="their fit files, same order")
+    sp.add_argument("--zsl", required=True, help="zsl.parquet from zsl-merge")
+    sp.add_argument("--losses", required=True, help="losses dataset root (final evaluation losses)")
+    sp.add_argument("--out", required=True, help="effects.csv")
+
     sp = add("zsl-dtt", cmd_zsl_dtt, "D, M, |dL| between consecutive checkpoints from the exported losses.")
     sp.add_argument("--losses", required=True, help="losses dataset root")
     sp.add_argument("--run", required=True, help="run name")
@@ -418,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--trends", required=True, help="trends.json from fit-scaling")
     sp.add_argument("--zsl", required=True, help="zsl.parquet from zsl-merge")
     sp.add_argument("--losses", required=True, help="losses dataset root (for the loss-change histograms)")
+    sp.add_argument("--effects", help="effects.csv from the effects stage (a study with interventions)")
     sp.add_argument("--out", required=True, help="report directory")
     stage_flags(sp, ReportOptions)
     return p

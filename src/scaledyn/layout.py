@@ -169,6 +169,7 @@ class Layout:
         self.fit_sizes = self.fits / "sizes.csv"
         self.fit_trends = self.fits / "trends.json"
         self.fit_summary = self.fits / "scaling.txt"
+        self.effects = self.fits / "effects.csv"  # interventions against their baselines
         self.report = ReportPaths(self.root / "report")
         self.logs = self.root / "logs"
 

@@ -26,6 +26,7 @@ from .layout import Layout, ReportPaths, RunPaths  # noqa: E402
 from .options import ReportOptions  # noqa: E402
 from .records import RunRecord
 from .stats.curve import log_moving_average  # noqa: E402
+from .stats.effects import size_trends  # noqa: E402
 from .stats.fit import BrokenPowerLawFit, InsufficientFit, read_fit  # noqa: E402
 from .stats.lrtime import describe  # noqa: E402
 from .stats.trends import ScalingTrend, per_size_table, read_trends, run_lines  # noqa: E402
@@ -68,18 +69,20 @@ class StudyResults:
     trends: list[ScalingTrend]
     zsl: pd.DataFrame
     windows: dict[str, pd.DataFrame]
+    effects: pd.DataFrame | None = None  # interventions against their baselines (effects.csv), if any
 
     @classmethod
-    def read(cls, run_dirs, fit_paths, trends, zsl_table, window_paths=()) -> "StudyResults":
-        """From the runs' directories and their fit files (same order), trends.json, zsl.parquet and
-        the fit-window tables (same order; optional)."""
+    def read(cls, run_dirs, fit_paths, trends, zsl_table, window_paths=(), effects=None) -> "StudyResults":
+        """From the runs' directories and their fit files (same order), trends.json, zsl.parquet,
+        the fit-window tables (same order; optional) and effects.csv (optional)."""
         paths = [RunPaths(d) for d in run_dirs]
         meta = {p.name: RunRecord.read(p.run_json) for p in paths}
         fits = {p.name: read_fit(f) for p, f in zip(paths, fit_paths)}
         curves = {p.name: pd.read_csv(p.train_log) for p in paths}
         order = sorted(meta, key=lambda r: (meta[r].non_embedding_params, meta[r].seed, r))
         windows = {p.name: pd.read_csv(w) for p, w in zip(paths, window_paths)}
-        return cls(order, meta, fits, curves, read_trends(trends), pd.read_parquet(zsl_table), windows)
+        return cls(order, meta, fits, curves, read_trends(trends), pd.read_parquet(zsl_table), windows,
+                   pd.read_csv(effects) if effects else None)
 
     @classmethod
     def of_study(cls, layout: Layout, runs: list[str]) -> "StudyResults":
@@ -262,6 +265,43 @@ def fig_histograms(res: StudyResults, changes: dict[str, tuple[int, np.ndarray]]
     return fig
 
 
+def fig_effects(res: StudyResults):
+    """Each effect of each intervention against model size, with its interval; the dashed line is
+    no effect. A pooled row (several seeds) is drawn where there is one, else each seed's."""
+    e = res.effects[res.effects["effect"].notna()]
+    quantities = list(dict.fromkeys(res.effects["quantity"]))
+    cols = min(4, len(quantities))
+    rows_ = math.ceil(len(quantities) / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(3.4 * cols, 2.9 * rows_), layout="constrained", squeeze=False)
+    names = list(dict.fromkeys(res.effects["intervention"]))
+    for ax, q in zip(axes.flat, quantities):
+        d = e[e["quantity"] == q]
+        for k, name in enumerate(names):
+            g = d[d["intervention"] == name]
+            g = g[g["seed"] == -1] if (g["seed"] == -1).any() else g
+            g = g.sort_values("N")
+            err = [g["effect"] - g["effect_lo"], g["effect_hi"] - g["effect"]]
+            ax.errorbar(g["N"] * (1 + 0.04 * (k - (len(names) - 1) / 2)), g["effect"], yerr=err, fmt="o-", ms=4,
+                        capsize=3, lw=1, color=f"C{k}", label=name)
+        null = 1.0 if (res.effects.loc[res.effects["quantity"] == q, "scale"] == "ratio").any() else 0.0
+        ax.axhline(null, color="0.5", ls="--", lw=0.8)
+        if len(d):
+            ax.set_xscale("log")
+        else:
+            ax.text(0.5, 0.5, "not estimated\n(effects.csv says why)", transform=ax.transAxes, ha="center",
+                    va="center", fontsize=8, color="0.4")
+            ax.set_xticks([])
+        ax.set_title(q + (" (ratio)" if null == 1.0 else " (difference)"), fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(quantities):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("non-embedding parameters N", fontsize=9)
+    fig.suptitle("Effects of each intervention against its baseline (same size and seed), 95% intervals; "
+                 "missing points: not estimable (see effects.csv)", fontsize=10)
+    return fig
+
+
 # ----------------------------------------------------------------------------- tables and text
 
 
@@ -368,6 +408,14 @@ def summary_sections(res: StudyResults) -> list[Section]:
         caveats.append(f"{len(unstable)} of {len(res.windows)} runs change verdict or move t_d by more than "
                        f"±{WINDOW_TOLERANCE:.0%} across fit windows ({', '.join(unstable)}): their breaks are not "
                        "pinned down by the training alone")
+    if res.effects is not None:
+        out.append(Section("Interventions", [
+            "Each intervention run is compared with the baseline run of the same size and seed (same data, order, "
+            "evaluation set and held-out batches): t_d as a ratio, L_d, r_d, D before and after each run's own t_d "
+            "and the final evaluation loss as differences, with 95% intervals (results/fits/effects.csv; the "
+            "method in stats/effects.py). An effect is called one only where its interval excludes no effect."],
+            effect_lines(res.effects)))
+        caveats += effect_caveats(res.effects)
     if caveats:
         out.append(Section("What this run does not show", [], caveats))
     bullets = []
@@ -424,6 +472,48 @@ def window_lines(res: StudyResults) -> tuple[list[str], list[str]]:
         where = f"; t_d {t_d.min():.0f}–{t_d.max():.0f} where a deceleration is found" if len(t_d) else ""
         lines.append(f"{run}: {text} over {int(verdicts.sum())} windows{where}")
     return lines, unstable
+
+
+def _fmt_effect(r) -> str:
+    f = ".3g"
+    iv = "no interval" if pd.isna(r["effect_lo"]) else f"[{r['effect_lo']:{f}}, {r['effect_hi']:{f}}]"
+    return f"{r['effect']:{f}} {iv}"
+
+
+def effect_lines(effects: pd.DataFrame) -> list[str]:
+    """Per intervention and quantity: the effect at each size (pooled over seeds where there are
+    several), which exclude no effect, and whether the effect changes with size."""
+    lines = []
+    trends = {t.target: t for t in size_trends(effects)}
+    for (name, q), g in effects.groupby(["intervention", "quantity"], sort=False):
+        shown = g[g["seed"] == -1] if (g["seed"] == -1).any() else g
+        ok = shown[shown["effect"].notna()]
+        null = "1" if g["scale"].iloc[0] == "ratio" else "0"
+        if not len(ok):
+            lines.append(f"{name}, {q}: not estimated ({shown['note'].iloc[0]})")
+            continue
+        cells = ", ".join(f"{r['size']}{'' if r['seed'] == -1 or shown['seed'].nunique() == 1 else f' s{r.seed}'}: "
+                          f"{_fmt_effect(r)}" for _, r in ok.iterrows())
+        excl = ok["excludes_null"].fillna(False).astype(bool)
+        verdict = (f"excludes {null} at {', '.join(ok.loc[excl, 'size'])}" if excl.any() else f"includes {null} at every size")
+        trend = next((t for k, t in trends.items() if k.startswith(f"{name}: ") and k.endswith(q)), None)
+        size = ("; with size: " + (f"slope {trend.slope:.3g} per log N, p = {trend.p_value:.2g}"
+                                   + (" (changes with size)" if trend.significant() else " (no significant change)"))
+                if trend is not None and trend.estimable else "; with size: not estimable (fewer than 3 sizes)")
+        missing = len(shown) - len(ok)
+        lines.append(f"{name}, {q}: {cells} — {verdict}{size}" + (f"; {missing} not estimated" if missing else ""))
+    return lines
+
+
+def effect_caveats(effects: pd.DataFrame) -> list[str]:
+    out = []
+    if effects["seed"].max() == effects["seed"][effects["seed"] >= 0].min():
+        out.append("interventions: one seed, so each effect's interval is the two runs' measurement uncertainty; "
+                   "seed-to-seed variation, which can be as large, is not in it")
+    if effects["effect"].isna().any():
+        out.append(f"interventions: {int(effects['effect'].isna().sum())} of {len(effects)} effects could not be "
+                   "estimated (a run without a deceleration, or no measurement in a phase): effects.csv says why")
+    return out
 
 
 def schedule_lines(res: StudyResults) -> list[str]:
@@ -522,10 +612,10 @@ def loss_changes(res: StudyResults, losses_root, requested: list[int]) -> dict[s
 
 
 def build_report(run_dirs, fit_paths, trends, zsl_table, losses_root, out, options: ReportOptions | None = None,
-                 window_paths=()) -> dict:
+                 window_paths=(), effects=None) -> dict:
     """Figures (PNG + PDF), the fit table (CSV, Markdown, LaTeX) and summary.md into `out`."""
     options = options or ReportOptions.defaults()
-    res = StudyResults.read(run_dirs, fit_paths, trends, zsl_table, window_paths)
+    res = StudyResults.read(run_dirs, fit_paths, trends, zsl_table, window_paths, effects)
     out = ReportPaths(out)
     out.dir.mkdir(parents=True, exist_ok=True)
     _save(fig_loss_curves(res), out, "loss_curves")
@@ -534,6 +624,8 @@ def build_report(run_dirs, fit_paths, trends, zsl_table, losses_root, out, optio
     _save(fig_zsl(res, "dt=1"), out, "zsl_dt1")
     _save(fig_d_vs_m(res), out, "d_vs_m")
     _save(fig_histograms(res, loss_changes(res, losses_root, list(options.histogram_steps))), out, "loss_change_hist")
+    if res.effects is not None:
+        _save(fig_effects(res), out, "effects")
     ft = fit_table(res.sizes)
     with atomic.atomic_path(out.table("csv")) as tmp:
         res.sizes.to_csv(tmp, index=False)
