@@ -163,3 +163,15 @@ def test_adding_interventions_to_a_finished_study_trains_only_their_runs_and_rep
     summary = out.report.summary.read_text()
     assert "## Interventions" in summary and "noop, final eval loss" in summary and "includes 0 at every size" in summary
     assert out.report.figure("effects").stat().st_size > 1000
+
+
+def test_the_effects_calibration_runs_on_a_few_pairs(tmp_path):
+    """benchmarks/calibrate_effects.py on two pairs (its rates mean nothing here): the truth is a
+    ratio near the simulated one, and the table and CSV are written."""
+    from benchmarks import calibrate_effects as ce
+
+    rows = pd.DataFrame([ce.one_pair(("iid", r, 0)) for r in (1.0, 2.0)])
+    assert rows["truth"].tolist() == pytest.approx([1.0, 2.0], rel=0.1)
+    table = ce.summarise(rows)
+    assert list(table["ratio"]) == [1.0, 2.0] and (table["pairs"] == 1).all()
+    assert "| noise" in ce.markdown(table, 1)
