@@ -103,6 +103,12 @@ class StudyResults:
         cmap = plt.cm.viridis(np.linspace(0.05, 0.85, max(len(sizes), 2)))
         return cmap[sizes.index(self.meta[run].size)]
 
+    def linestyle(self, run: str):
+        """Solid for baseline runs; each intervention its own dash pattern (colour is the size)."""
+        names = list(dict.fromkeys(self.meta[r].intervention for r in self.runs if self.meta[r].intervention))
+        i = self.meta[run].intervention
+        return "-" if i is None else [(0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (3, 3))][names.index(i) % 4]
+
     def label(self, run: str) -> str:
         m = self.meta[run]
         seeds = {self.meta[r].seed for r in self.runs}
@@ -142,7 +148,8 @@ def fig_loss_curves(res: StudyResults):
             ax.plot(df["step"], df["loss"], "o", color=color, ms=4, gid="raw", label=f"{verdict} (evaluation loss)")
         else:
             ax.plot(df["step"], df["loss"], color=color, alpha=0.12, lw=0.5, gid="raw")
-            ax.plot(df["step"], log_moving_average(df["loss"].to_numpy()), color=color, lw=1, label=verdict)
+            ax.plot(df["step"], log_moving_average(df["loss"].to_numpy()), color=color, lw=1, label=verdict,
+                    ls=res.linestyle(run))
         if isinstance(f, InsufficientFit):  # too short to fit: its points, no fitted law
             continue
         x = np.geomspace(*f.fit_range, 200)

@@ -103,7 +103,9 @@ def fit_effects(pair: Pair, a: BrokenPowerLawFit | InsufficientFit, b: BrokenPow
 
 
 def _phase_mean(z: pd.DataFrame, t_d: float, phase: str, variant: str) -> tuple[float, float, int] | None:
-    """Mean D of a run's rows in a phase, its standard error, and the row count (None if empty)."""
+    """Mean D of a run's rows in a phase, its standard error, and the row count (None if empty).
+    Before t_d: the changes that end by t_d; after: those that start at t_d or later (a change
+    across t_d belongs to neither)."""
     rows = z[z["step_next"] <= t_d] if phase == "before t_d" else z[z["step"] >= t_d]
     if not len(rows):
         return None
