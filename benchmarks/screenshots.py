@@ -3,8 +3,9 @@
     python -m benchmarks.screenshots [--results results] [--out docs/screenshots] [--width 1400]
 
 Headless Chromium (Debian's `chromium`) renders the summary page, the fit table page and each
-figure, at a laptop's width, and reports any page wider than the window (a table cut off at the
-edge). Run it after `make study` so the pictures show the current code's report.
+figure (the interventions' effects too, where the study has them), at a laptop's width, and
+reports any page wider than the window (a table cut off at the edge). Run it on a fresh study so
+the pictures show the current code's report.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
         screenshot(page.resolve(), args.out / f"{name}.png", args.width, height)
         print(f"{name}: {wide} px wide in a {args.width} px window" + (" — CUT OFF" if wide > args.width else ""))
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ReportPaths.FIGURES:
+        for name in [*ReportPaths.FIGURES, *(["effects"] if report.figure("effects").exists() else [])]:
             page = Path(tmp) / f"{name}.html"
             page.write_text(f'<html><body style="margin:0"><img src="{report.figure(name).resolve().as_uri()}" '
                             'style="max-width:100%"></body></html>')
