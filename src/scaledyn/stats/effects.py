@@ -10,9 +10,11 @@ Quantities and their intervals (one estimand per row of the table):
   so its ratio interval is exp of the log difference's). Only where both runs decelerate: where
   one has no break the row says so and carries no number.
 - D before and after t_d (each run's own t_d), on Δt = t (checkpoint pairs) and Δt = 1 (one step):
-  the mean D of the phase's rows; its standard error from each row's spread (D_std over the
-  example folds, or over the held-out batches) divided by the root of their count; the
-  difference's interval is normal with the two errors added in quadrature.
+  the mean D of the phase's rows; each row's standard error from its spread (D_std over the
+  example folds, or over the held-out batches, over the root of their count), and the phase's
+  the mean of its rows' (they share examples, so their errors are correlated: this bounds it
+  from above); the difference's interval is normal with the two errors added in quadrature. It
+  is the evaluation's uncertainty: training noise is in it only through seeds (pooled rows).
 - The final evaluation loss: the mean over evaluation examples of the per-example difference
   (the same examples in both runs), with a t interval.
 
@@ -111,7 +113,9 @@ def _phase_mean(z: pd.DataFrame, t_d: float, phase: str, variant: str) -> tuple[
         return None
     k = rows["n"].astype(float) if variant == "dt=1" else pd.Series(FOLDS, index=rows.index, dtype=float)
     se = rows["D_std"].astype(float) / np.sqrt(k)
-    return float(rows["D"].mean()), float(np.sqrt((se**2).sum()) / len(rows)), len(rows)
+    # the rows share their examples (and batches), so their errors are not independent: the phase's
+    # error is the mean of the rows' (as if perfectly correlated), an upper bound, not sqrt(sum se^2)/m
+    return float(rows["D"].mean()), float(se.mean()), len(rows)
 
 
 
