@@ -560,7 +560,7 @@ def summary_markdown(res: StudyResults) -> str:
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:64em;margin:1.5em auto;line-height:1.45;color:#222}}
-body.table{{max-width:none;margin:1.5em}} h1{{font-size:1.5em}} h2{{font-size:1.15em;margin-top:1.4em;border-bottom:1px solid #ddd}}
+body.table{{max-width:none;margin:1.5em}} body.table table{{font-size:0.75em}} h1{{font-size:1.5em}} h2{{font-size:1.15em;margin-top:1.4em;border-bottom:1px solid #ddd}}
 .wide{{overflow-x:auto}} table{{border-collapse:collapse;font-size:0.8em}}
 td,th{{border:1px solid #ccc;padding:0.2em 0.45em;text-align:right}} td:first-child{{white-space:nowrap}}
 th{{background:#f3f3f3}} td:first-child,td:nth-child(3){{text-align:left}}</style></head>
