@@ -294,6 +294,9 @@ def fig_effects(res: StudyResults):
         ax.axhline(null, color="0.5", ls="--", lw=0.8)
         if len(d):
             ax.set_xscale("log")
+            sizes = sorted(d["N"].unique())
+            ax.set_xticks(sizes, [fmt_n(n) for n in sizes])  # the sizes themselves, no crowded minor labels
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         else:
             ax.text(0.5, 0.5, "not estimated\n(effects.csv says why)", transform=ax.transAxes, ha="center",
                     va="center", fontsize=8, color="0.4")
