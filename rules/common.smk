@@ -4,7 +4,6 @@
 # options re-runs that stage and what depends on it, nothing more.
 
 import re
-import shlex
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 

@@ -45,8 +45,7 @@ rule report:
         losses=L.losses.dir,
         out=L.report.dir,
         options=STUDY.report.to_json(),
-        effects=f"--effects {shlex.quote(str(L.effects))}" if INTERVENTIONS else "",
     shell:
         "scaledyn report --run-dirs {params.run_dirs:q} --fits {input.fits:q} --windows {input.windows:q} --trends {input.trends:q}"
-        " --zsl {input.zsl:q} --losses {params.losses:q} --options {params.options:q} {params.effects} --out {params.out:q}"
+        " --zsl {input.zsl:q} --losses {params.losses:q} --options {params.options:q} --effects {input.effects:q} --out {params.out:q}"
         " > {log:q} 2>&1"

@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--trends", required=True, help="trends.json from fit-scaling")
     sp.add_argument("--zsl", required=True, help="zsl.parquet from zsl-merge")
     sp.add_argument("--losses", required=True, help="losses dataset root (for the loss-change histograms)")
-    sp.add_argument("--effects", help="effects.csv from the effects stage (a study with interventions)")
+    sp.add_argument("--effects", nargs="?", help="effects.csv from the effects stage (a study with interventions; "
+                    "given empty where there is none)")
     sp.add_argument("--out", required=True, help="report directory")
     stage_flags(sp, ReportOptions)
     return p
