@@ -126,7 +126,7 @@ def test_final_loss_is_paired_by_example_and_seeds_pool_with_a_t_interval():
     table = pd.DataFrame(rows)
     pool = pooled(table)
     assert len(pool) == 3 and (pool["seed"] == -1).all() and pool["note"].str.contains("mean over 3 seeds").all()
-    trend = size_trends(pd.concat([table, pool], ignore_index=True))[0]
+    trend = size_trends(pd.concat([table, pool], ignore_index=True))[("x", "t_d")]
     assert trend.estimable and trend.slope < 0 and trend.sizes == ["a", "b", "c"]
 
 

@@ -68,8 +68,7 @@ class Study:
 
     def intervention_of(self, run: str) -> str | None:
         """The intervention a trained run applies; None for a baseline run."""
-        size, seed = self.runs[run]
-        return run[len(f"{size}_s{seed}_"):] or None
+        return run[len(self.baseline_of(run)) + 1:] or None
 
     def baseline_of(self, run: str) -> str:
         """The baseline run of the same size and seed (the run itself for a baseline run)."""
@@ -303,8 +302,12 @@ def _check_fit(cfg: dict) -> None:
 
 
 def _check_intervention_sections(raw) -> None:
+    """Before the schema (which would only say 'additional properties'): an intervention's
+    sections other than train, named with the reason."""
     interventions = raw.get("interventions") if isinstance(raw, dict) else None
-    for name, over in (interventions or {}).items() if isinstance(interventions, dict) else ():
+    if not isinstance(interventions, dict):
+        return  # absent, or a wrong type the schema names
+    for name, over in interventions.items():
         for key in over if isinstance(over, dict) else ():
             if key != "train":
                 raise ConfigError(f"config: interventions.{name}.{key}: an intervention overrides training options only "

@@ -43,10 +43,15 @@ class RunRecord:
         return self.kind == "suite"
 
     @property
+    def baseline_run(self) -> str:
+        """The name of the baseline run of this run's size and seed, <size>_s<seed>."""
+        return f"{self.size}_s{self.seed}"
+
+    @property
     def intervention(self) -> str | None:
         """The intervention a trained run applies (its name's tail after <size>_s<seed>_); None for a
         baseline run or a suite."""
-        base = f"{self.size}_s{self.seed}_"
+        base = f"{self.baseline_run}_"
         return None if self.is_suite or not self.run.startswith(base) else self.run[len(base):]
 
     def to_dict(self) -> dict:

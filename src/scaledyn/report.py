@@ -30,6 +30,7 @@ from .stats.effects import size_trends  # noqa: E402
 from .stats.fit import BrokenPowerLawFit, InsufficientFit, read_fit  # noqa: E402
 from .stats.lrtime import describe  # noqa: E402
 from .stats.trends import ScalingTrend, per_size_table, read_trends, run_lines  # noqa: E402
+from .stats.zsl import METRICS  # noqa: E402
 
 FIGURES = ReportPaths.FIGURES
 BREAKS = ("deceleration", "acceleration")
@@ -207,7 +208,7 @@ def fig_zsl(res: StudyResults, variant: str, split: str = "eval", granularity: s
     for i, run in enumerate(shown):
         r = d[d["run"] == run].sort_values("step")
         nudge = 1 + 0.04 * (i - (len(shown) - 1) / 2)  # side by side at a shared step, so error bars do not overlap
-        for ax, m in zip(axes, zsl.METRICS):
+        for ax, m in zip(axes, METRICS):
             std = r[f"{m}_std"].astype(float).fillna(0)
             if variant == "dt=t":
                 ax.plot(r["step"], r[m], "o-", color=res.color(run), label=res.label(run), ms=3)
@@ -216,7 +217,7 @@ def fig_zsl(res: StudyResults, variant: str, split: str = "eval", granularity: s
                     ax.axvline(res.t_d(run), color=res.color(run), ls="-.", lw=0.8, gid="t_d")
             else:  # a few measured checkpoints: points with error bars, no line implying a trend
                 ax.errorbar(r["step"] * nudge, r[m], yerr=std, fmt="o", capsize=3, color=res.color(run), label=res.label(run))
-    for ax, m, label in zip(axes, zsl.METRICS, ("D (destructive interference)", "M (mean |change|)", "|ΔL|")):
+    for ax, m, label in zip(axes, METRICS, ("D (destructive interference)", "M (mean |change|)", "|ΔL|")):
         ax.set(xlabel="checkpoint step t", ylabel=label)
         if len(d):
             ax.set_xscale("log")
@@ -494,7 +495,7 @@ def effect_lines(effects: pd.DataFrame) -> list[str]:
     """Per intervention and quantity: the effect at each size (pooled over seeds where there are
     several), which exclude no effect, and whether the effect changes with size."""
     lines = []
-    trends = {t.target: t for t in size_trends(effects)}
+    trends = size_trends(effects)
     for (name, q), g in effects.groupby(["intervention", "quantity"], sort=False):
         shown = g[g["seed"] == -1] if (g["seed"] == -1).any() else g
         ok = shown[shown["effect"].notna()]
@@ -506,7 +507,7 @@ def effect_lines(effects: pd.DataFrame) -> list[str]:
                           f"{_fmt_effect(r)}" for _, r in ok.iterrows())
         excl = ok["excludes_null"].fillna(False).astype(bool)
         verdict = (f"excludes {null} at {', '.join(ok.loc[excl, 'size'])}" if excl.any() else f"includes {null} at every size")
-        trend = next((t for k, t in trends.items() if k.startswith(f"{name}: ") and k.endswith(q)), None)
+        trend = trends.get((name, q))
         size = ("; with size: " + (f"slope {trend.slope:.3g} per log N, p = {trend.p_value:.2g}"
                                    + (" (changes with size)" if trend.significant() else " (no significant change)"))
                 if trend is not None and trend.estimable else "; with size: not estimable (fewer than 3 sizes)")

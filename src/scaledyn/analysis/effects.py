@@ -25,7 +25,7 @@ def write_effects(run_paths, fit_paths, zsl_table, losses_root, out, alpha: floa
     size and seed among the given runs; `run_paths` and `fit_paths` in the same order."""
     records = {r.run: r for r in map(RunRecord.read, run_paths)}
     fits = dict(zip(records, map(read_fit, fit_paths)))
-    pairs = [Pair(r.intervention, r.size, r.non_embedding_params, r.seed, r.run, f"{r.size}_s{r.seed}")
+    pairs = [Pair(r.intervention, r.size, r.non_embedding_params, r.seed, r.run, r.baseline_run)
              for r in records.values() if r.intervention]
     step = {r.run: r.steps for r in records.values()}
     used = {p.run for p in pairs} | {p.baseline for p in pairs}

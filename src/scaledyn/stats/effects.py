@@ -35,9 +35,9 @@ from scipy import stats
 
 from .fit import DERIVED, BrokenPowerLawFit, InsufficientFit, on_scale
 from .trends import MIN_SIZES, ScalingTrend, regress
+from .zsl import FOLDS  # a Δt = t row's D_std is taken over these example folds
 
 FIT_QUANTITIES = {"t_d": "ratio", "L_d": "difference", "r_d": "difference"}
-FOLDS = 5  # analysis/zsl.py's example folds: a Δt = t row's D_std is taken over them
 PHASES = ("before t_d", "after t_d")
 VARIANTS = {"dt=t": "Δt = t", "dt=1": "Δt = 1"}
 COLUMNS = ["intervention", "size", "N", "seed", "quantity", "scale", "baseline_run", "run", "baseline", "treated",
@@ -118,7 +118,6 @@ def _phase_mean(z: pd.DataFrame, t_d: float, phase: str, variant: str) -> tuple[
     return float(rows["D"].mean()), float(se.mean()), len(rows)
 
 
-
 def d_effects(pair: Pair, zsl: pd.DataFrame, t_d: dict[str, float | None], alpha: float = 0.05) -> list[dict]:
     """D before and after each run's own t_d, Δt = t and Δt = 1 (evaluation set, per token)."""
     rows, z = [], stats.norm.ppf(1 - alpha / 2)
@@ -193,12 +192,12 @@ def effects_table(pairs: list[Pair], fits: dict, zsl: pd.DataFrame, eval_losses:
     return pd.concat([table, pooled(table, alpha)], ignore_index=True) if len(table) else table
 
 
-def size_trends(table: pd.DataFrame, alpha: float = 0.05) -> list[ScalingTrend]:
+def size_trends(table: pd.DataFrame, alpha: float = 0.05) -> dict[tuple[str, str], ScalingTrend]:
     """Per intervention and quantity: the effect (log for ratios) against log N, over the sizes
     with an effect (the pooled row where there are seeds, else the one seed's), weights from the
-    intervals (se = half-width / z)."""
+    intervals (se = half-width / z); keyed by (intervention, quantity)."""
     z = stats.norm.ppf(1 - alpha / 2)
-    out = []
+    out = {}
     ok = table[table["effect_lo"].notna()]
     for (i, q), g in ok.groupby(["intervention", "quantity"], sort=False):
         pts = [s[s["seed"] == -1].iloc[0] if (s["seed"] == -1).any() else s.iloc[0]
@@ -209,5 +208,5 @@ def size_trends(table: pd.DataFrame, alpha: float = 0.05) -> list[ScalingTrend]:
         se = [float((f(r["effect_hi"]) - f(r["effect_lo"])) / (2 * z)) for r in pts]
         trend = ScalingTrend(f"{i}: {'log ' if ratio else ''}{q}", [r["size"] for r in pts],
                              [float(r["N"]) for r in pts], y, se)
-        out.append(regress(trend) if len(pts) >= MIN_SIZES else trend)
+        out[(i, q)] = regress(trend) if len(pts) >= MIN_SIZES else trend
     return out

@@ -432,7 +432,7 @@ class InsufficientFit:
     @classmethod
     def of(cls, e: TooFewPoints) -> "InsufficientFit":
         c = e.curve
-        return cls(c.source, {"read": c.rows_read, "used": int(len(c.step)), "duplicates": c.duplicates}, e.n,
+        return cls(c.source, _rows(c), e.n,
                    e.pre.to_dict(), c.axis, float(c.axis_values[-1]) if len(c.step) else float("nan"))
 
     @property
@@ -602,6 +602,11 @@ class PreparedFit:
         return self.noise.simulator
 
 
+def _rows(curve: Curve) -> dict:
+    """What a fit file records of its input's rows: read, used, and the duplicates resolved."""
+    return {"read": curve.rows_read, "used": int(len(curve.step)), "duplicates": curve.duplicates}
+
+
 def _input_warnings(curve: Curve, pre: Preprocessing) -> list[dict]:
     steps = curve.step
     out = []
@@ -639,7 +644,7 @@ def finish_fit(f: PreparedFit, options: FitOptions) -> BrokenPowerLawFit:
     curve = f.curve
     test = break_test(f.x, f.y, f.null, f.pl, f.sat, f.broken, f.noise_for, options.bootstrap, options.alpha, f.rng)
     roots, other = bootstrap_intervals(f.x, f.broken, f.noise.simulator, f.noise.base, options.bootstrap, f.rng)
-    rows = {"read": curve.rows_read, "used": int(len(curve.step)), "duplicates": curve.duplicates}
+    rows = _rows(curve)
     fit_range = (float(np.exp(f.x[0])), float(np.exp(f.x[-1])))
     lr_time = None if curve.lr_time is None else {
         **curve.lr_time, "map": {"step": curve.step[f.idx].tolist(), "S": curve.x[f.idx].tolist()}}
