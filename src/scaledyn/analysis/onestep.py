@@ -25,6 +25,7 @@ import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -52,9 +53,9 @@ class Setting:
     bf16: bool
 
     @classmethod
-    def for_run(cls, spec: RunSpec, micro: int) -> "Setting":
+    def for_start(cls, start: "Start", micro: int) -> "Setting":
         device = compute_device()  # bf16 only on a GPU: on a CPU everything is fp32
-        return cls(device, micro, use_bf16(spec.precision) and device.type == "cuda")
+        return cls(device, micro, start.bf16 and device.type == "cuda")
 
     def step_autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -64,27 +65,46 @@ def fp32():
     return torch.autocast("cpu", enabled=False)
 
 
-def load_for_step(ckpt: Path):
-    """(model in fp32 with training's attention kernel, optimizer with the checkpoint's state, run
-    spec, that optimizer state for fresh copies)."""
+@dataclass
+class Start:
+    """Where a replay starts, whoever wrote the checkpoint: its model in fp32, a fresh optimizer
+    with its state for a copy of that model, the rate of the next update, the table's keys."""
+
+    model: torch.nn.Module
+    optimizer_for: Callable[[torch.nn.Module], object]
+    lr: float
+    lr_note: str
+    keys: dict  # run, size, seed
+    bf16: bool  # the step's forward pass in bf16 autocast, as training took it (GPUs only)
+
+
+def next_rate(lr_next: float, peak: float) -> tuple[float, str]:
+    """The rate of the update after a checkpoint; a zero rate (the end of a decay) is replaced by
+    the peak rate, as the reference does, and said so."""
+    if lr_next == 0:
+        return peak, "zero learning rate at this step replaced by the peak rate"
+    return lr_next, ""
+
+
+def load_for_step(ckpt: Path) -> tuple[Start, RunSpec]:
+    """A checkpoint of ours: model with training's attention kernel, the run's own optimizer."""
     state, opt_state, _ = checkpoint.load_training_state(ckpt)
     spec = RunSpec.from_dict(state["spec"])
     model = load_model(ckpt, dtype=torch.float32)
-    optimizer = make_optimizer(model, spec)
-    try:
-        optimizer.load_state_dict(opt_state)
-    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
-        raise CheckpointError(f"checkpoint {ckpt}: optimizer.pt does not fit the model ({type(e).__name__}: {e})") from None
-    return model, optimizer, spec, opt_state
 
+    def optimizer_for(m):
+        optimizer = make_optimizer(m, spec)
+        try:
+            optimizer.load_state_dict(opt_state)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"checkpoint {ckpt}: optimizer.pt does not fit the model ({type(e).__name__}: {e})") from None
+        return optimizer
 
-def step_lr(spec: RunSpec, step: int) -> tuple[float, str]:
-    """The rate of the update after checkpoint `step`; a zero rate (the end of a decay) is replaced
-    by the peak rate, as the reference does, and said so."""
-    lr = lr_at(spec, step + 1)
-    if lr == 0:
-        return spec.lr, "zero learning rate at this step replaced by the peak rate"
-    return lr, ""
+    optimizer_for(model)  # a state that does not fit fails here, before any compute
+    step = RunPaths.step_of(ckpt)
+    lr, note = next_rate(lr_at(spec, step + 1), spec.lr)
+    keys = {"run": spec.name, "size": spec.size.name, "seed": spec.seed}
+    return Start(model, optimizer_for, lr, note, keys, use_bf16(spec.precision)), spec
 
 
 def one_step(model, optimizer, batch: torch.Tensor, lr: float, micro: int | None = None,
@@ -238,17 +258,15 @@ def coordinate_interference(model, batch: torch.Tensor, delta: dict[str, torch.T
             "coord_tokens": int(len(flat)), "coord_params": int(sum(p.numel() for p in params.values()))}
 
 
-def _measure_batch(k: int, model0, opt_state, spec, data: TokenData, eval_before, lr: float, options: ZslOptions,
-                   at: Setting):
+def _measure_batch(k: int, start: Start, data: TokenData, eval_before, options: ZslOptions, at: Setting):
     """One optimizer step on held-out batch k: measured changes per split, their rows, gradient-view info."""
     tokens, ids = data.heldout_batch(k)
     batch = torch.from_numpy(tokens.astype(np.int64)).to(at.device)
-    model = copy.deepcopy(model0)
-    optimizer = make_optimizer(model, spec)
-    optimizer.load_state_dict(opt_state)
+    model = copy.deepcopy(start.model)
+    optimizer = start.optimizer_for(model)
     before = per_token_losses(model, tokens, at.micro, at.device, fp32)
     theta0 = {n: p.detach().clone() for n, p in trainable(model).items()}
-    one_step(model, optimizer, batch, lr, at.micro, at.step_autocast)
+    one_step(model, optimizer, batch, start.lr, at.micro, at.step_autocast)
     after = per_token_losses(model, tokens, at.micro, at.device, fp32)
     eval_after = per_token_losses(model, np.asarray(data.split("eval")), at.micro, at.device, fp32)
     delta = {n: p.detach() - theta0[n] for n, p in trainable(model).items()}
@@ -256,7 +274,7 @@ def _measure_batch(k: int, model0, opt_state, spec, data: TokenData, eval_before
     measured = {"heldout": (ids, after - before), "eval": (data.example_ids("eval"), eval_after - eval_before)}
     info, pred = {"batch": k}, None
     if options.gradient_view:
-        pred, more = _gradient_view(copy.deepcopy(model0), batch, delta, measured["heldout"][1], options, at.micro)
+        pred, more = _gradient_view(copy.deepcopy(start.model), batch, delta, measured["heldout"][1], options, at.micro)
         info.update(more)
     return measured, pred, info
 
@@ -286,47 +304,56 @@ def _change_rows(k: int, measured: dict, pred) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _summarise(rows: list[dict], extra: list[dict], spec: RunSpec, step: int, lr: float, lr_note: str) -> pd.DataFrame:
-    keys = {"run": spec.name, "size": spec.size.name, "seed": spec.seed, "step": step, "step_next": step + 1, "dt": 1,
-            "variant": "dt=1"}
+def _summarise(rows: list[dict], extra: list[dict], start: Start, step: int) -> pd.DataFrame:
+    keys = {**start.keys, "step": step, "step_next": step + 1, "dt": 1, "variant": "dt=1"}
     agg = zsl.batch_means(rows, keys, len(extra))
     ex = pd.DataFrame(extra)
     for col in [c for c in ex.columns if c != "batch" and ex[c].dtype != object]:
         agg[f"{col}_mean"] = float(ex[col].mean())
     if "coord_skipped" in ex:
         agg["coord_skipped"] = ex["coord_skipped"].iloc[0]
-    agg["lr"] = lr
-    agg["lr_note"] = lr_note
+    agg["lr"] = start.lr
+    agg["lr_note"] = start.lr_note
     return agg
 
 
 def dt1_analysis(run_dir, step: int, data_dir, out, changes, options: ZslOptions | None = None) -> pd.DataFrame:
     """Delta t = 1 at checkpoint `step` of a run: the metrics table at `out`, the per-token changes
     as the (run, step) partition of the dataset `changes`."""
-    options = options or ZslOptions.defaults()
     ckpt = RunPaths(run_dir).checkpoint(step)
     if not (ckpt / "optimizer.pt").exists():
         raise CheckpointError(f"checkpoint {ckpt}: no optimizer state; list step {step} in zsl.dt1_steps before training")
+    data = _heldout_data(data_dir)
+    start, _ = load_for_step(ckpt)
+    return replay(start, step, data, out, changes, options)
+
+
+def _heldout_data(data_dir) -> TokenData:
     data = TokenData.open(data_dir)
     if data.manifest["heldout_batches"] == 0:
         raise CheckpointError("data: no held-out batches (data.heldout_batches is 0); the one-step analysis needs them")
-    model0, _, spec, opt_state = load_for_step(ckpt)
-    at = Setting.for_run(spec, options.batch_size)
-    model0.to(at.device)
-    lr, lr_note = step_lr(spec, step)
-    eval_before = per_token_losses(model0, np.asarray(data.split("eval")), at.micro, at.device, fp32)
+    return data
+
+
+def replay(start: Start, step: int, data: TokenData, out, changes, options: ZslOptions | None = None) -> pd.DataFrame:
+    """One real optimizer step from `start` on every held-out batch: per-token changes on that
+    batch and on the evaluation set, their ZSL metrics, and the gradient view where asked."""
+    options = options or ZslOptions.defaults()
+    at = Setting.for_start(start, options.batch_size)
+    start.model.to(at.device)
+    eval_before = per_token_losses(start.model, np.asarray(data.split("eval")), at.micro, at.device, fp32)
     rows, changes_rows, extra = [], [], []
     for k in range(data.manifest["heldout_batches"]):
-        measured, pred, info = _measure_batch(k, model0, opt_state, spec, data, eval_before, lr, options, at)
+        measured, pred, info = _measure_batch(k, start, data, eval_before, options, at)
         extra.append(info)
         changes_rows.append(_change_rows(k, measured, pred))
         for split, (_, dl) in measured.items():
             for gran, vals in (("token", dl.ravel()), ("sequence", dl.mean(axis=1))):
                 rows.append({"batch": k, "split": split, "granularity": gran, **zsl.metrics(vals)})
-    agg = _summarise(rows, extra, spec, step, lr, lr_note)
+    agg = _summarise(rows, extra, start, step)
     zsl.write_table(agg, out)
     rows_ = pd.concat(changes_rows, ignore_index=True)
-    losses.write_partition(changes, spec.name, step, {c: rows_[c].to_numpy() for c in rows_.columns}, "changes")
+    losses.write_partition(changes, start.keys["run"], step, {c: rows_[c].to_numpy() for c in rows_.columns}, "changes")
     return agg
 
 
@@ -368,7 +395,7 @@ def direction_analysis(revision, data_dir, out, options: ZslOptions | None = Non
                 pred = jvp_predictions(model, x, full, options.batch_size).detach().cpu().numpy().astype(np.float64)
                 for gran, vals in (("token", pred.ravel()), ("sequence", pred.mean(axis=1))):
                     rows.append({"variant": variant, "split": split, "granularity": gran, **zsl.metrics(vals)})
-    keys = {"run": suite.name, "size": suite.name, "seed": suite.seed, "step": step, "step_next": step, "dt": 0}
+    keys = {"run": suite.name, "size": suite.size, "seed": suite.seed, "step": step, "step_next": step, "dt": 0}
     agg = zsl.batch_means(rows, keys, data.manifest["heldout_batches"])
     zsl.write_table(agg, out)
     return agg
