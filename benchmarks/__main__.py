@@ -297,43 +297,60 @@ def eval_vs_bare_forward(env):
 
 @case
 def suite_eval_vs_bare_forward(env):
-    """A published suite's revision (a GPT-NeoX model saved with save_pretrained, as Pythia's are)
-    evaluated by the suite path against a bare forward pass of the same weights."""
+    """A published suite's revision evaluated by the suite path against a bare forward pass of the
+    same weights, in both formats: a GPT-NeoX model saved with save_pretrained (as Pythia's are) and
+    an OLMo unsharded checkpoint (as the ZSL authors' are, mapped into our model on loading)."""
     import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaForCausalLM
 
-    from scaledyn.analysis import suites
+    from scaledyn.analysis import olmo, suites
     from scaledyn.analysis.options import EvaluateOptions, Suite
     from scaledyn.data.tokens import TokenData
 
     torch.set_num_threads(1)
     data = TokenData.open(env.data)
     ev = np.asarray(data.split("eval"))
-    path = env.tmp / "suite" / "step16"
+    vocab = data.manifest["tokenizer"]["vocab_size"]
     torch.manual_seed(0)
-    cfg = GPTNeoXConfig(vocab_size=data.manifest["tokenizer"]["vocab_size"], hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=256, max_position_embeddings=ev.shape[1], use_cache=False)
-    GPTNeoXForCausalLM(cfg).save_pretrained(path)
-    suite = Suite("bench-neox", str(path.parent), "step{step}", (8, 16), 2048, None, None, 0, ())
-    record = env.tmp / "suite" / "revision.json"
-    record.write_text(json.dumps({"suite": dataclasses.asdict(suite), "step": 16, "path": str(path), "tokens_seen": 16 * 2048}))
+    neox = GPTNeoXConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=256, max_position_embeddings=ev.shape[1], use_cache=False)
+    olmo_cfg = {"model": {"d_model": 64, "n_heads": 4, "n_layers": 2, "mlp_ratio": 4, "vocab_size": vocab,
+                          "max_sequence_length": ev.shape[1], "rope": True, "layer_norm_type": "rms",
+                          "layer_norm_with_affine": False, "include_bias": False, "weight_tying": True,
+                          "block_type": "sequential", "activation_type": "swiglu"},
+                "optimizer": {"name": "adamw", "learning_rate": 1e-3}}
+    out = []
+    for fmt, name in (("hf", "suite_eval_vs_bare_forward"), ("olmo-unsharded", "olmo_suite_eval_vs_bare_forward")):
+        path = env.tmp / f"suite-{fmt}" / "step16"
+        if fmt == "hf":
+            GPTNeoXForCausalLM(neox).save_pretrained(path)
+        else:
+            model = LlamaForCausalLM(olmo.OlmoConfig.from_dict(olmo_cfg).llama_config())
+            olmo.write_unsharded(path, model, olmo_cfg, 16)
+        suite = Suite.from_json(json.dumps({"name": f"bench-{fmt}", "model": str(path.parent), "steps": [8, 16],
+                                            "tokens_per_step": 2048, "format": fmt}))
+        record = {"suite": dataclasses.asdict(suite), "step": 16, "path": str(path), "format": fmt, "tokens_seen": 16 * 2048}
+        (path.parent / "revision.json").write_text(json.dumps(record))
 
-    def bare():
-        model = suites.load({"path": str(path)}).eval()
-        with torch.inference_mode():
-            for i in range(0, len(ev), 64):
-                x = torch.from_numpy(ev[i : i + 64].astype(np.int64))
-                model(input_ids=x).logits.float().log_softmax(-1)
+        def bare():
+            model = suites.load(record).eval()
+            with torch.inference_mode():
+                for i in range(0, len(ev), 64):
+                    x = torch.from_numpy(ev[i : i + 64].astype(np.int64))
+                    model(input_ids=x).logits.float().log_softmax(-1)
 
-    no_heldout = dataclasses.replace(EvaluateOptions.defaults(), heldout=False)
-    t_bare, _ = timed(bare)
-    t_ours, _ = timed(suites.evaluate, record, env.data, env.tmp / "suite-losses", no_heldout)
-    t_bare2, _ = timed(bare)  # after, too: the first pass of either may pay for cold caches
-    n_tok = ev.shape[0] * (ev.shape[1] - 1)
-    t_base = min(t_bare, t_bare2)
-    return [row("suite_eval_vs_bare_forward", n_tok / t_ours, "tokens/s", n_tok / t_base, t_base / t_ours,
-                "a suite revision (GPT-NeoX, save_pretrained) through suite-evaluate's path (per-token losses + Parquet) "
-                "vs a bare forward pass with log-softmax of the same weights; baseline the faster of two runs")]
+        no_heldout = dataclasses.replace(EvaluateOptions.defaults(), heldout=False)
+        t_bare, _ = timed(bare)
+        t_ours, _ = timed(suites.evaluate, path.parent / "revision.json", env.data, env.tmp / f"losses-{fmt}", no_heldout)
+        t_bare2, _ = timed(bare)  # after, too: the first pass of either may pay for cold caches
+        n_tok = ev.shape[0] * (ev.shape[1] - 1)
+        t_base = min(t_bare, t_bare2)
+        what = ("GPT-NeoX, save_pretrained" if fmt == "hf" else
+                "OLMo unsharded model.pt/config.yaml, mapped into our Llama model on loading")
+        out.append(row(name, n_tok / t_ours, "tokens/s", n_tok / t_base, t_base / t_ours,
+                       f"a suite revision ({what}) through suite-evaluate's path (per-token losses + Parquet) vs a "
+                       "bare forward pass with log-softmax of the same weights; baseline the faster of two runs"))
+    return out
 
 
 @case

@@ -35,6 +35,9 @@ def one_of(names):
 
 TRAINED = one_of(RUNS)  # rules that make trained runs' files
 SUITE = one_of(SUITES)  # rules that make suites' files under the same paths
+# Suites with optimizer state take real Δt = 1 steps; the others only the gradient view.
+REPLAYED = one_of(n for n, s in SUITES.items() if s.dt1_steps)
+UNREPLAYED = one_of(n for n, s in SUITES.items() if not s.dt1_steps)
 
 
 wildcard_constraints:

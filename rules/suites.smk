@@ -97,7 +97,7 @@ rule suite_gradient:
     log:
         L.log("zsl", "gradient_{run}_{step}"),
     wildcard_constraints:
-        run=SUITE,
+        run=UNREPLAYED,
     conda:
         "../envs/scaledyn.yaml"
     resources:
@@ -109,3 +109,32 @@ rule suite_gradient:
     shell:
         "scaledyn suite-gradient --revision {input.revision:q} --data {params.data:q} --out {output:q}"
         " --options {params.options:q} > {log:q} 2>&1"
+
+
+# A suite published with its optimizer state (OLMo's unsharded format) takes the real Δt = 1
+# step at each of its dt1_steps, one job per revision, as zsl_dt1 does for trained runs.
+rule suite_dt1:
+    input:
+        revision=L.run("{run}").revision("{step}"),
+        manifest=rules.prepare_data.output.manifest,
+    output:
+        table=L.zsl_dt1("{run}", "{step}"),
+        changes=L.change_partition("{run}", "{step}"),
+    log:
+        L.log("zsl", "dt1_{run}_{step}"),
+    benchmark:
+        L.benchmark("zsl_dt1", "{run}_step_{step}")
+    wildcard_constraints:
+        run=REPLAYED,
+    conda:
+        "../envs/scaledyn.yaml"
+    resources:
+        **SLURM.resources(gpu=True),
+        gpu=SLURM.eval_gpus,
+    params:
+        data=L.data.dir,
+        changes=L.changes,
+        options=STUDY.zsl.to_json(),
+    shell:
+        "scaledyn suite-dt1 --revision {input.revision:q} --data {params.data:q} --out {output.table:q}"
+        " --changes {params.changes:q} --options {params.options:q} > {log:q} 2>&1"

@@ -59,7 +59,11 @@ rule zsl_merge:
     input:
         [L.zsl_dtt(r) for r in ALL_RUNS],
         [L.zsl_dt1(r, s) for r in RUNS for s in DT1_STEPS],
-        [L.zsl_dt1(n, s) for n, suite in SUITES.items() for s in suite.gradient_steps],
+        [
+            L.zsl_dt1(n, s)
+            for n, suite in SUITES.items()
+            for s in suite.gradient_steps + suite.dt1_steps
+        ],
     output:
         L.zsl_table,
     log:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,56 @@ def _build_suite(root: Path, docs: list[str], vocab: int = 512) -> Path:
     return root
 
 
+def olmo_config(vocab: int, eos: int) -> dict:
+    """An OLMo config.yaml for a tiny model of the paper's architecture, with the authors' schedule
+    (trapezoidal: warm-up from a tenth of the rate, flat, linear decay to 0 at the end)."""
+    model = {"d_model": 32, "n_heads": 4, "n_layers": 2, "mlp_ratio": 2, "vocab_size": vocab,
+             "embedding_size": vocab + (-vocab) % 16, "max_sequence_length": 32, "rope": True, "rope_theta": 10000,
+             "layer_norm_type": "rms", "layer_norm_with_affine": False, "include_bias": False, "weight_tying": True,
+             "block_type": "sequential", "activation_type": "swiglu", "attention_dropout": 0.0,
+             "residual_dropout": 0.0, "embedding_dropout": 0.0, "eos_token_id": eos}
+    return {"model": model, "max_duration": 128, "precision": "amp_bf16",
+            "optimizer": {"name": "adamw", "learning_rate": 3e-3, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1e-5},
+            "scheduler": {"name": "trapezoidal", "t_warmup": 4, "t_cooldown": 64, "alpha_f": 0.0}}
+
+
+def _build_olmo_suite(root: Path, docs: list[str], tokenizer: Path, seed: int, by_name: bool) -> Path:
+    """A tiny suite in OLMo's unsharded format (model.pt, optim.pt, train.pt, config.yaml per
+    revision OLMo-tiny-step<t>), trained here with AdamW in OLMo's parameter groups and schedule.
+    by_name: the optimizer state keyed by parameter name, as FSDP saves it (the authors trained
+    with FSDP); else by position with OLMo's param_names, as a plain or DDP optimizer saves it."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from scaledyn.analysis import olmo
+    from scaledyn.train.model import freeze_norms
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    ids = np.concatenate([np.asarray(tok(d)["input_ids"], dtype=np.int64) for d in docs])
+    raw = olmo_config(len(tok), tok.eos_token_id)
+    cfg = olmo.OlmoConfig.from_dict(raw)
+    torch.manual_seed(seed)
+    model = freeze_norms(LlamaForCausalLM(cfg.llama_config()))
+    emb = model.get_input_embeddings().weight
+    decay = [p for p in model.parameters() if p.requires_grad and p is not emb]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": [emb], "weight_decay": 0.0}],
+                            lr=cfg.schedule.lr, betas=(0.9, 0.95), eps=1e-5)
+    rng = np.random.default_rng(seed)
+    step = 0
+    for target in STEPS:
+        while step < target:
+            step += 1
+            starts = rng.integers(0, len(ids) - 33, size=8)
+            x = torch.from_numpy(np.stack([ids[s : s + 32] for s in starts]))
+            model(input_ids=x, labels=x).loss.backward()
+            for g in opt.param_groups:
+                g["lr"] = cfg.schedule.lr_at(step)
+            opt.step()
+            opt.zero_grad()
+        olmo.write_unsharded(root / f"OLMo-tiny-step{target}", model, raw, target, opt, by_name)
+    return root
+
+
 def _hf_cache(suite: Path, cache: Path) -> Path:
     """The Hub's cache layout for REPO_ID: refs/<branch> holds a commit, snapshots/<commit>/ links
     every file to blobs/<sha256>."""
@@ -85,7 +136,10 @@ def suite_env(tmp_path_factory):
     docs = _corpus(root / "corpus")
     suite = _build_suite(root / "tiny-neox", docs)
     other = _build_suite(root / "other-tok", docs[:10], vocab=300)
-    return {"root": root, "suite": suite, "cache": _hf_cache(suite, root / "hf-cache"), "other": other}
+    olmo_suites = [_build_olmo_suite(root / f"olmo-s{seed}", docs, suite / "step0", seed, by_name=seed == 0)
+                   for seed in (0, 1)]
+    return {"root": root, "suite": suite, "cache": _hf_cache(suite, root / "hf-cache"), "other": other,
+            "olmo": olmo_suites}
 
 
 def study_config(env: dict, **suites) -> dict:
@@ -134,7 +188,8 @@ def test_config_refuses_another_tokenizer(suite_env):
 def _fetch(suite: dict, step: int, data_dir: Path, out: Path, hf_env: dict) -> subprocess.CompletedProcess:
     from scaledyn.analysis.options import Suite
 
-    cfg = {"revision": "step{step}", "curve": None, "non_embedding_params": None, "seed": 0, "gradient_steps": [], **suite}
+    cfg = {"revision": "step{step}", "curve": None, "non_embedding_params": None, "seed": 0, "gradient_steps": [],
+           "dt1_steps": [], "format": "auto", "size": None, **suite}
     text = Suite.from_config("hub", cfg).to_json()
     return subprocess.run([sys.executable, "-m", "scaledyn", "suite-fetch", "--suite", text, "--step", str(step),
                            "--data", str(data_dir), "--out", str(out)], capture_output=True, text=True,
@@ -178,6 +233,10 @@ def suite_study(suite_env, tmp_path_factory):
     cfg = study_config(suite_env)
     cfg["suites"]["tiny-hub"] = {"model": REPO_ID, "steps": STEPS, "tokens_per_step": 256, "gradient_steps": [4]}
     cfg["suites"]["tiny-short"] = {"model": str(suite_env["suite"]), "steps": [0, 4, 16, 64], "tokens_per_step": 256}
+    for seed, path in enumerate(suite_env["olmo"]):  # two seeds of one size, the first with its optimizer states
+        cfg["suites"][f"olmo-tiny-s{seed}"] = {"model": str(path), "revision": "OLMo-tiny-step{step}", "steps": STEPS,
+                                               "tokens_per_step": 256, "seed": seed, "size": "olmo-tiny",
+                                               "dt1_steps": [16, 64] if seed == 0 else []}
     work = tmp_path_factory.mktemp("suite-study")
     run_workflow(work, cfg, "--cores", "2", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(suite_env["cache"])})
     return Layout(work / "results")
@@ -219,7 +278,7 @@ def test_a_suite_too_short_to_fit_is_reported_not_fatal(suite_study):
     assert pd.isna(sizes.loc["tiny-short", "t_d"]) and sizes.loc["tiny", "verdict"] != "insufficient"
     summary = suite_study.report.summary.read_text()
     assert "tiny-short" in summary and "too short to fit: 3 points after the transient cut, 7 needed" in summary
-    assert "| tiny-short | " in suite_study.report.table("md").read_text()
+    assert re.search(r"^\| tiny-short +\| ", suite_study.report.table("md").read_text(), re.M)
 
 
 def test_local_and_hub_paths_give_equal_losses(suite_study):
@@ -229,3 +288,37 @@ def test_local_and_hub_paths_give_equal_losses(suite_study):
     wide = tok.pivot_table(index=["step", "split", "example_id", "position"], columns="run", values="loss")
     assert len(wide) == len(STEPS) * (24 + 2 * 8) * 31
     np.testing.assert_array_equal(wide["tiny"].to_numpy(), wide["tiny-hub"].to_numpy())
+
+
+def test_olmo_suite_replays_one_real_step_from_its_optimizer_state(suite_study, suite_env):
+    """A suite in OLMo's unsharded format (detected from its files; optimizer state keyed by name,
+    as FSDP saves it) is evaluated like any suite, and at its dt1_steps takes the Δt = 1 step from
+    its published AdamW state at the rate of its own schedule, with the gradient view."""
+    import torch
+
+    from scaledyn.analysis import losses, olmo
+    from scaledyn.data.tokens import TokenData
+    from scaledyn.train.model import token_losses
+
+    z = pd.read_parquet(suite_study.zsl_table)
+    dt1 = z[(z["run"] == "olmo-tiny-s0") & (z["variant"] == "dt=1")]
+    assert sorted(dt1["step"].unique()) == [16, 64] and (dt1["dt"] == 1).all() and set(dt1["size"]) == {"olmo-tiny"}
+    lr = dt1.groupby("step")["lr"].first()  # trapezoidal: flat 3e-3 until update 64, then linear to 0 at 128
+    assert lr[16] == pytest.approx(3e-3, rel=1e-9) and lr[64] == pytest.approx(3e-3 * (1 - 1 / 64), rel=1e-9)
+    corr = dt1.groupby("step")["pred_corr_mean"].first()  # first order: rough early (large Adam steps), close later
+    assert corr[16] > 0.5 and corr[64] > 0.9 and dt1["C_g_mean"].notna().all()
+    for step in (16, 64):
+        changes = pd.read_parquet(suite_study.change_partition("olmo-tiny-s0", step))
+        assert set(changes["split"]) == {"eval", "heldout"} and changes["delta"].abs().max() > 0
+    assert z[(z["run"] == "olmo-tiny-s1") & (z["variant"] == "dt=1")].empty
+    run = json.loads(suite_study.run("olmo-tiny-s0").run_json.read_text())
+    assert run["size"] == "olmo-tiny" and run["n_layers"] == 2 and run["d_model"] == 32
+    assert run["non_embedding_params"] == 2 * (4 * 32 * 32 + 3 * 32 * 32)
+    # evaluation read the weights OLMo's names hold: the stored losses equal a direct forward
+    data = TokenData.open(suite_study.data.dir)
+    model = olmo.load_model(suite_env["olmo"][0] / "OLMo-tiny-step16")
+    with torch.no_grad():
+        direct = token_losses(model, torch.from_numpy(np.asarray(data.split("eval"), dtype=np.int64))).numpy()
+    tok = losses.load(suite_study.losses.dir, "tokens", runs=["olmo-tiny-s0"], splits=["eval"])
+    stored = tok[tok["step"] == 16].sort_values(["example_id", "position"])["loss"].to_numpy()
+    np.testing.assert_allclose(stored, direct.ravel(), atol=1e-5)

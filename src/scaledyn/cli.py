@@ -254,6 +254,14 @@ def cmd_suite_gradient(args) -> None:
                              _stage_options(ZslOptions, args)).to_string(index=False))
 
 
+def cmd_suite_dt1(args) -> None:
+    from .analysis.onestep import suite_dt1_analysis
+    from .analysis.options import ZslOptions
+
+    print(suite_dt1_analysis(args.revision, args.data, args.out, args.changes,
+                             _stage_options(ZslOptions, args)).to_string(index=False))
+
+
 def cmd_zsl_dt1(args) -> None:
     from .analysis.onestep import dt1_analysis
     from .analysis.options import ZslOptions
@@ -417,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
              "JVP-predicted loss changes along each held-out batch's mean gradient and its sign.")
     revision_args(sp, "metrics table (.parquet; a .csv is written beside it)")
     stage_flags(sp, ZslOptions, only=("batch_size",))
+
+    sp = add("suite-dt1", cmd_suite_dt1, "One real optimizer step from a suite revision published with its optimizer "
+             "state (OLMo's unsharded format) on each held-out batch, as zsl-dt1 does for our checkpoints.")
+    revision_args(sp, "metrics table (.parquet; a .csv is written beside it)")
+    sp.add_argument("--changes", required=True, help="dataset of per-token loss changes: <changes>/<run>/step_<step>.parquet")
+    stage_flags(sp, ZslOptions)
 
     sp = add("zsl-dt1", cmd_zsl_dt1, "One optimizer step from a checkpoint (it must hold optimizer state) on each held-out "
              "batch.")

@@ -246,7 +246,7 @@ def _check_suites(study: Study, jobs_env_here: bool) -> None:
         raise ConfigError("config: model.sizes: the study has no sizes to train and no suites to analyse")
     if not cfg["suites"]:
         return
-    from .analysis.revisions import check_local_suite
+    from .analysis.revisions import check_local_suite, is_local
 
     if cfg["data"]["tokenizer"]["kind"] != "pretrained":
         raise ConfigError("config: data.tokenizer.kind: suites are evaluated on text tokenized with their own tokenizer; "
@@ -254,9 +254,19 @@ def _check_suites(study: Study, jobs_env_here: bool) -> None:
     for name, suite in study.suites.items():
         if name in study.runs:
             raise ConfigError(f"config: suites.{name}: the name is also a trained run's; rename the suite")
-        missing = sorted(set(suite.gradient_steps) - set(suite.steps))
-        if missing:
-            raise ConfigError(f"config: suites.{name}.gradient_steps: {missing} are not among suites.{name}.steps")
+        for key in ("gradient_steps", "dt1_steps"):
+            missing = sorted(set(getattr(suite, key)) - set(suite.steps))
+            if missing:
+                raise ConfigError(f"config: suites.{name}.{key}: {missing} are not among suites.{name}.steps")
+        if suite.dt1_steps and suite.gradient_steps:
+            raise ConfigError(f"config: suites.{name}: dt1_steps and gradient_steps both given; a suite with "
+                              "optimizer state takes real steps (dt1_steps), one without only the gradient view")
+        if suite.dt1_steps and suite.format != "olmo-unsharded" and not (suite.format == "auto" and is_local(suite)):
+            raise ConfigError(f"config: suites.{name}.dt1_steps: the Δt = 1 replay needs published optimizer state; "
+                              f"set suites.{name}.format: olmo-unsharded (format {suite.format!r} has none)")
+        if suite.size in study.runs or (suite.size != name and suite.size in study.suites):
+            raise ConfigError(f"config: suites.{name}.size: {suite.size!r} names a run; a size shared by seeds "
+                              "needs a name of its own")
         if suite.curve and not Path(suite.curve).is_file():
             raise ConfigError(f"config: suites.{name}.curve: file not found: {suite.curve}")
         check_local_suite(suite, cfg["data"]["tokenizer"]["name"] if jobs_env_here else None)

@@ -39,9 +39,10 @@ from ..train import checkpoint
 from ..train.model import compute_device, load_model, token_losses, use_bf16
 from ..train.optim import lr_at, make_optimizer, set_lr
 from ..train.spec import RunSpec
-from . import losses, suites, zsl
+from . import losses, olmo, suites, zsl
 from .evaluate import per_token_losses
 from .options import ZslOptions
+from .revisions import OLMO, OLMO_STATE_FILE
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,27 @@ def load_for_step(ckpt: Path) -> tuple[Start, RunSpec]:
     lr, note = next_rate(lr_at(spec, step + 1), spec.lr)
     keys = {"run": spec.name, "size": spec.size.name, "seed": spec.seed}
     return Start(model, optimizer_for, lr, note, keys, use_bf16(spec.precision)), spec
+
+
+def load_olmo_for_step(revision) -> Start:
+    """A suite revision in OLMo's unsharded format, with its optimizer state (analysis/olmo.py)."""
+    suite, record = suites.read_revision(revision)
+    path, step = Path(record["path"]), record["step"]
+    if record.get("format") != OLMO or not (path / OLMO_STATE_FILE).is_file():
+        raise CheckpointError(f"suites.{suite.name}: revision {record['revision']} has no optimizer state "
+                              f"({OLMO} with {OLMO_STATE_FILE}); list its step in the suite's dt1_steps")
+    cfg = olmo.OlmoConfig.read(path)
+    saved_step = olmo.global_step(path)
+    if saved_step != step:
+        raise CheckpointError(f"suites.{suite.name}: revision {record['revision']} holds global step {saved_step}, "
+                              f"not {step}: the replay would take the wrong learning rate")
+    if cfg.dropout > 0:
+        raise CheckpointError(f"{path / 'config.yaml'}: trained with dropout {cfg.dropout}; the replayed step takes none")
+    model = olmo.load_model(path)
+    names_of, state = olmo.optimizer_state(path, model)
+    lr, note = next_rate(cfg.schedule.lr_at(step + 1), cfg.schedule.lr)
+    keys = {"run": suite.name, "size": suite.size, "seed": suite.seed}
+    return Start(model, lambda m: olmo.make_optimizer(m, names_of, state), lr, note, keys, "bf16" in cfg.precision)
 
 
 def one_step(model, optimizer, batch: torch.Tensor, lr: float, micro: int | None = None,
@@ -326,6 +348,13 @@ def dt1_analysis(run_dir, step: int, data_dir, out, changes, options: ZslOptions
     data = _heldout_data(data_dir)
     start, _ = load_for_step(ckpt)
     return replay(start, step, data, out, changes, options)
+
+
+def suite_dt1_analysis(revision, data_dir, out, changes, options: ZslOptions | None = None) -> pd.DataFrame:
+    """Delta t = 1 at a suite revision that carries its optimizer state (OLMo's unsharded format)."""
+    data = _heldout_data(data_dir)
+    start = load_olmo_for_step(revision)
+    return replay(start, suites.read_revision(revision)[1]["step"], data, out, changes, options)
 
 
 def _heldout_data(data_dir) -> TokenData:

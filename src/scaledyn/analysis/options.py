@@ -46,11 +46,15 @@ class Suite:
     non_embedding_params: int | None
     seed: int
     gradient_steps: tuple[int, ...]
+    dt1_steps: tuple[int, ...]  # revisions replayed one real step from their optimizer state
+    format: str  # auto | hf | olmo-unsharded
+    size: str  # what seeds of one size share (the name when not given)
 
     @classmethod
     def from_config(cls, name: str, s: dict) -> "Suite":
         return cls(name, s["model"], s["revision"], tuple(sorted(s["steps"])), s["tokens_per_step"], s["curve"],
-                   s["non_embedding_params"], s["seed"], tuple(sorted(s["gradient_steps"])))
+                   s["non_embedding_params"], s["seed"], tuple(sorted(s["gradient_steps"])), tuple(sorted(s["dt1_steps"])),
+                   s["format"], s["size"] or name)
 
     def revision_name(self, step: int) -> str:
         return self.revision.replace("{step}", str(step))

@@ -15,10 +15,35 @@ from pathlib import Path
 from ..errors import ConfigError, SuiteError
 from .options import Suite
 
-# What a revision needs: config, weights (safetensors, or .bin where a suite has only those),
-# tokenizer. Everything else a repository holds (other formats, training states) is not fetched.
+# What a revision needs, by format. hf: config, weights (safetensors, or .bin where a suite has
+# only those), tokenizer; nothing else a repository holds (other formats, training states).
+# olmo-unsharded (analysis/olmo.py): the weights, trainer state and config, and the optimizer
+# state only at the revisions the Δt = 1 replay starts from (it is twice the weights' size).
 PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.model", "*.txt"]
+OLMO = "olmo-unsharded"
+OLMO_MODEL_FILES = ["model.pt", "train.pt", "config.yaml"]
+OLMO_STATE_FILE = "optim.pt"
 RETRIES = 3
+
+
+def is_olmo_dir(path: Path) -> bool:
+    return (Path(path) / "config.yaml").is_file() and (Path(path) / "model.pt").is_file()
+
+
+def is_revision_dir(path: Path) -> bool:
+    return (Path(path) / "config.json").is_file() or is_olmo_dir(path)
+
+
+def revision_format(suite: Suite, path: Path) -> str:
+    """The suite's format where it names one, else what the revision's files are."""
+    if suite.format != "auto":
+        return suite.format
+    return OLMO if is_olmo_dir(path) else "hf"
+
+
+def patterns(suite: Suite, step: int) -> list[str]:
+    olmo = OLMO_MODEL_FILES + ([OLMO_STATE_FILE] if step in suite.dt1_steps else [])
+    return {"hf": PATTERNS, OLMO: olmo}.get(suite.format, PATTERNS + olmo)
 
 
 def is_local(suite: Suite) -> bool:
@@ -33,7 +58,7 @@ def available_revisions(suite: Suite) -> list[str]:
     """Revisions one could name instead: sub-folders of a local suite; a Hub repository's branches
     and tags (those in the local cache when offline)."""
     if is_local(suite):
-        names = [d.name for d in Path(suite.model).iterdir() if (d / "config.json").is_file()]
+        names = [d.name for d in Path(suite.model).iterdir() if is_revision_dir(d)]
     else:
         from huggingface_hub import constants, list_repo_refs, scan_cache_dir
 
@@ -66,15 +91,17 @@ def resolve(suite: Suite, step: int) -> tuple[Path, str]:
         path = (root / name).resolve()
         if not path.is_relative_to(root):
             raise SuiteError(f"suites.{suite.name}.revision: {name!r} resolves to {path}, outside {root}")
-        if not (path / "config.json").is_file():
-            raise _missing(suite, step, "is not a sub-folder with a config.json")
+        if not is_revision_dir(path):
+            raise _missing(suite, step, "is not a sub-folder with a config.json (or OLMo's config.yaml and model.pt)")
+        if step in suite.dt1_steps and not (path / OLMO_STATE_FILE).is_file():
+            raise _missing(suite, step, f"has no {OLMO_STATE_FILE} (dt1_steps needs the optimizer state)")
         return path, "local"
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     for attempt in range(RETRIES):
         try:
-            path = Path(snapshot_download(suite.model, revision=name, allow_patterns=PATTERNS))
+            path = Path(snapshot_download(suite.model, revision=name, allow_patterns=patterns(suite, step)))
             return path, path.name
         except RevisionNotFoundError:
             raise _missing(suite, step, "does not exist on the Hub") from None
@@ -104,7 +131,7 @@ def check_vocabulary(suite: Suite, revision_dir: Path, tokenizer) -> None:
     from transformers import AutoTokenizer
 
     data_tok = AutoTokenizer.from_pretrained(tokenizer)
-    rows = json.loads((revision_dir / "config.json").read_text()).get("vocab_size")
+    rows = embedding_rows(revision_dir)
     if rows is not None and len(data_tok) > rows:
         raise SuiteError(f"suites.{suite.name}: data.tokenizer ({tokenizer}) has {len(data_tok):,} tokens but the model "
                          f"has {rows:,} embedding rows: it is not the suite's tokenizer")
@@ -114,6 +141,15 @@ def check_vocabulary(suite: Suite, revision_dir: Path, tokenizer) -> None:
             raise SuiteError(f"suites.{suite.name}: the suite's tokenizer ({revision_dir}, {len(own):,} tokens) differs "
                              f"from data.tokenizer ({tokenizer}, {len(data_tok):,} tokens); set data.tokenizer.name to "
                              "the suite's tokenizer")
+
+
+def embedding_rows(revision_dir: Path) -> int | None:
+    if (revision_dir / "config.json").is_file():
+        return json.loads((revision_dir / "config.json").read_text()).get("vocab_size")
+    import yaml
+
+    model = (yaml.safe_load((revision_dir / "config.yaml").read_text()) or {}).get("model") or {}
+    return model.get("embedding_size") or model.get("vocab_size")
 
 
 def check_local_suite(suite: Suite, tokenizer_name: str | None) -> None:
@@ -126,6 +162,9 @@ def check_local_suite(suite: Suite, tokenizer_name: str | None) -> None:
         first = resolve(suite, suite.steps[0])
         for step in suite.steps[1:]:
             resolve(suite, step)
+        if suite.dt1_steps and revision_format(suite, first[0]) != OLMO:
+            raise SuiteError(f"suites.{suite.name}.dt1_steps: the revisions are not in {OLMO} format (no optimizer "
+                             "state to replay from)")
         if tokenizer_name and Path(tokenizer_name).is_dir():
             check_vocabulary(suite, first[0], tokenizer_name)
     except SuiteError as e:

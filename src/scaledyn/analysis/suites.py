@@ -26,7 +26,7 @@ from ..records import RunRecord
 from ..stats.curve import read_curve_csv
 from . import losses
 from .options import EvaluateOptions, Suite
-from .revisions import check_vocabulary, resolve
+from .revisions import OLMO, check_vocabulary, resolve, revision_format
 
 # ----------------------------------------------------------------------------- the stages
 
@@ -34,9 +34,20 @@ from .revisions import check_vocabulary, resolve
 def fetch(suite: Suite, step: int, data_dir, out) -> dict:
     """Resolve (download once) revision `step`, check it against the prepared tokenizer, record it."""
     path, commit = resolve(suite, step)
+    fmt = revision_format(suite, path)
+    if fmt == OLMO:
+        from . import olmo
+
+        olmo.OlmoConfig.read(path)  # an architecture the mapping does not reproduce is refused here
+        if step in suite.dt1_steps and olmo.global_step(path) != step:
+            raise SuiteError(f"suites.{suite.name}: revision {suite.revision_name(step)} holds global step "
+                             f"{olmo.global_step(path)}, not {step}")
+    elif step in suite.dt1_steps:
+        raise SuiteError(f"suites.{suite.name}: revision {suite.revision_name(step)} is in format {fmt}, with no "
+                         "optimizer state for dt1_steps")
     check_vocabulary(suite, path, DataPaths(data_dir).tokenizer)
     record = {"suite": asdict(suite), "step": step, "revision": suite.revision_name(step), "model": suite.model,
-              "path": str(path), "commit": commit, "tokens_seen": step * suite.tokens_per_step}
+              "path": str(path), "commit": commit, "format": fmt, "tokens_seen": step * suite.tokens_per_step}
     atomic.write_json(out, record)
     return record
 
@@ -52,26 +63,42 @@ def read_revision(path) -> tuple[Suite, dict]:
 def load(record: dict) -> torch.nn.Module:
     """The revision's model in fp32 (bf16 autocast on GPUs comes from the caller), from the local
     path the fetch job recorded: no network."""
+    if record.get("format") == OLMO:
+        from .olmo import load_model as load_olmo
+
+        return load_olmo(Path(record["path"]))
     from ..train.model import load_model
 
     return load_model(record["path"], ours=False, dtype=torch.float32)
 
 
+def model_config(record: dict):
+    """The revision's transformers config (an OLMo config.yaml as the Llama config it maps to)."""
+    if record.get("format") == OLMO:
+        from .olmo import OlmoConfig
+
+        return OlmoConfig.read(Path(record["path"])).llama_config()
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(record["path"])
+
+
 def write_meta(revision, data_dir, out) -> RunRecord:
     """run.json of a suite, from the architecture of its newest listed revision (built on the meta
     device: no weights are read), in the fields the run table and the trends read."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from ..train.model import param_counts
+    from ..train.model import freeze_norms, param_counts
 
     suite, record = read_revision(revision)
-    cfg = AutoConfig.from_pretrained(record["path"])
+    cfg = model_config(record)
     with torch.device("meta"):
-        counts = param_counts(AutoModelForCausalLM.from_config(cfg))
+        model = AutoModelForCausalLM.from_config(cfg)
+        counts = param_counts(freeze_norms(model) if record.get("format") == OLMO else model)
     if suite.non_embedding_params:
         counts["non_embedding_params"] = suite.non_embedding_params
     text = cfg.get_text_config()
-    record = RunRecord(run=suite.name, kind="suite", model=suite.model, size=suite.name, seed=suite.seed, **counts,
+    record = RunRecord(run=suite.name, kind="suite", model=suite.model, size=suite.size, seed=suite.seed, **counts,
                        vocab_size=text.vocab_size, d_model=text.hidden_size, n_layers=text.num_hidden_layers,
                        n_heads=text.num_attention_heads, steps=max(suite.steps), tokens_per_step=suite.tokens_per_step,
                        curve_source=curve_source(suite), data_manifest_sha256=sha256(DataPaths(data_dir).manifest),
@@ -107,5 +134,5 @@ def evaluate(revision, data_dir, out, options: EvaluateOptions | None = None) ->
     from .evaluate import evaluate_model
 
     suite, record = read_revision(revision)
-    meta = {"size": suite.name, "seed": suite.seed, "tokens_seen": record["tokens_seen"]}
+    meta = {"size": suite.size, "seed": suite.seed, "tokens_seen": record["tokens_seen"]}
     evaluate_model(lambda: load(record), suite.name, record["step"], meta, data_dir, out, options, record["path"])
