@@ -41,6 +41,7 @@ rule fit_scaling:
         runs=[L.run(r).run_json for r in STUDY.trend_runs],
     output:
         sizes=L.fit_sizes,
+        seeds=L.fit_seeds,
         trends=L.fit_trends,
         summary=L.fit_summary,
     log:
@@ -49,7 +50,8 @@ rule fit_scaling:
         "../envs/scaledyn.yaml"
     shell:
         "scaledyn fit-scaling --fits {input.fits:q} --runs {input.runs:q} --out-sizes {output.sizes:q}"
-        " --out-trends {output.trends:q} --out-summary {output.summary:q} > {log:q} 2>&1"
+        " --out-seeds {output.seeds:q} --out-trends {output.trends:q} --out-summary {output.summary:q}"
+        " > {log:q} 2>&1"
 
 
 # Interventions against their baselines: only in a study that has interventions.

@@ -322,3 +322,28 @@ def test_olmo_suite_replays_one_real_step_from_its_optimizer_state(suite_study, 
     tok = losses.load(suite_study.losses.dir, "tokens", runs=["olmo-tiny-s0"], splits=["eval"])
     stored = tok[tok["step"] == 16].sort_values(["example_id", "position"])["loss"].to_numpy()
     np.testing.assert_allclose(stored, direct.ravel(), atol=1e-5)
+
+
+def test_seeds_of_one_size_are_pooled_with_their_spread(suite_study):
+    """Two suites with `size: olmo-tiny` and seeds 0 and 1: one row of seeds.csv with the mean and
+    the seed-to-seed SD of t_d, L_d and r_d over the seeds that decelerate, beside the bootstrap SE;
+    the trends carry the seed count per size; the summary has its section."""
+    sizes = pd.read_csv(suite_study.fit_sizes)
+    mine = sizes[sizes["size"] == "olmo-tiny"]
+    assert sorted(mine["seed"]) == [0, 1]
+    seeds = pd.read_csv(suite_study.fit_seeds)
+    assert seeds["size"].tolist() == ["olmo-tiny"] and seeds.loc[0, "seeds"] == 2
+    d = mine[mine["verdict"] == "deceleration"]
+    assert seeds.loc[0, "decelerating"] == len(d)
+    if len(d) == 2:
+        for q in ("t_d", "L_d", "r_d"):
+            assert seeds.loc[0, f"{q}_mean"] == pytest.approx(d[q].mean())
+            assert seeds.loc[0, f"{q}_seed_sd"] == pytest.approx(d[q].std(ddof=1))
+            assert seeds.loc[0, f"{q}_boot_se"] == pytest.approx(np.sqrt((d[f"{q}_se"] ** 2).mean()))
+    trends = json.loads(suite_study.fit_trends.read_text())
+    for t in trends:
+        assert len(t["seeds"]) == len(t["sizes"])
+        if "olmo-tiny" in t["sizes"]:
+            assert t["seeds"][t["sizes"].index("olmo-tiny")] == len(d)
+    assert "olmo-tiny (N = 14,336): 2 seeds" in suite_study.fit_summary.read_text()
+    assert "## Across seeds" in suite_study.report.summary.read_text()

@@ -187,7 +187,7 @@ def cmd_fit_windows(args) -> None:
 def cmd_fit_scaling(args) -> None:
     from .stats.trends import fit_scaling_files
 
-    fit_scaling_files(args.fits, args.runs, args.out_sizes, args.out_trends, args.out_summary)
+    fit_scaling_files(args.fits, args.runs, args.out_sizes, args.out_seeds, args.out_trends, args.out_summary)
     print(Path(args.out_summary).read_text(), end="")
 
 
@@ -374,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-sizes", required=True, help="per-run table (CSV)")
     sp.add_argument("--out-trends", required=True, help="the trends (JSON, ScalingTrend.from_json)")
     sp.add_argument("--out-summary", required=True, help="plain-text summary")
+    sp.add_argument("--out-seeds", required=True, help="CSV: mean and seed-to-seed spread of each size with several seeds")
 
     sp = add("effects", cmd_effects, "Each intervention run against its baseline (same size and seed): t_d ratio, L_d, "
              "r_d, D before and after t_d, final loss, each with its interval.")

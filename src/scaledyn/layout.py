@@ -7,7 +7,7 @@ ask here and assemble no path of their own.
     <results>/losses/          sequences/ and tokens/: one Parquet file per (run, checkpoint)
     <results>/runs.parquet     one row per run; <results>/schema.json documents every table
     <results>/zsl/             zsl.parquet (all metrics), dtt/, dt1/, changes/ (laid out like losses)
-    <results>/fits/            <run>.json, <run>.windows.csv, sizes.csv, trends.json, scaling.txt
+    <results>/fits/            <run>.json, <run>.windows.csv, sizes.csv, seeds.csv, trends.json, scaling.txt
     <results>/report/          figures, tables, summary
     <results>/logs/            one log per job
     <results>/benchmarks/      Snakemake's time and memory of every train, evaluate and one-step job
@@ -167,6 +167,7 @@ class Layout:
         self.changes = self.zsl / "changes"
         self.fits = self.root / "fits"
         self.fit_sizes = self.fits / "sizes.csv"
+        self.fit_seeds = self.fits / "seeds.csv"
         self.fit_trends = self.fits / "trends.json"
         self.fit_summary = self.fits / "scaling.txt"
         self.effects = self.fits / "effects.csv"  # interventions against their baselines

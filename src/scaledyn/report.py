@@ -29,7 +29,7 @@ from .stats.curve import log_moving_average  # noqa: E402
 from .stats.effects import size_trends  # noqa: E402
 from .stats.fit import BrokenPowerLawFit, InsufficientFit, read_fit  # noqa: E402
 from .stats.lrtime import describe  # noqa: E402
-from .stats.trends import ScalingTrend, per_size_table, read_trends, run_lines  # noqa: E402
+from .stats.trends import ScalingTrend, per_size_table, read_trends, run_lines, seed_lines, seed_table  # noqa: E402
 from .stats.zsl import METRICS  # noqa: E402
 
 FIGURES = ReportPaths.FIGURES
@@ -366,6 +366,13 @@ def summary_sections(res: StudyResults) -> list[Section]:
         "published values; the trends use them); the per-step t_d is the training's own break, the smoothing lag "
         "removed. Each number has a 95% bootstrap interval of its own estimand (docs/calibration.md says what they "
         "are worth); N counts non-embedding parameters."], run_lines(sizes) + [t.summary() for t in res.trends])]
+    seeds = seed_lines(seed_table(sizes))
+    if seeds:
+        out.append(Section("Across seeds", [
+            "Sizes run with several seeds: the mean of t_d, L_d and r_d over the seeds that decelerate, their "
+            "seed-to-seed standard deviation and range, beside one run's bootstrap standard error. Where the seed SD "
+            "is the larger, a single run's interval understates how much the estimate varies (results/fits/seeds.csv); "
+            "the trends weigh each size by the larger of the two."], seeds))
     suites = [r for r in res.runs if res.meta[r].is_suite]
     if suites:
         out[0].bullets += [f"{r} is a published suite ({res.meta[r].model}); its curve is the {res.meta[r].curve_source}"
@@ -381,7 +388,7 @@ def summary_sections(res: StudyResults) -> list[Section]:
     if decel < len(sizes):
         caveats.append(f"{len(sizes) - decel} of {len(sizes)} runs show no abrupt deceleration; their broken fits are in "
                        "the fit files, not used in the trends")
-    if sizes["seed"].nunique() < 2:
+    if sizes.groupby("size")["seed"].nunique().max() < 2:
         caveats.append("one seed per size: the trends rest on bootstrap uncertainty of single runs, not on seed-to-seed spread")
     if not any(t.estimable for t in res.trends):
         caveats.append("no trend with size could be estimated (it needs three sizes with a deceleration)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,9 @@ class ScalingTrend:
     dispersion: float = math.nan
     df: int = 0
     runs_excluded: int = 0
+    seeds: list[int] = field(default_factory=list)  # per size: seeds that decelerate
+    seed_sd: list[float | None] = field(default_factory=list)  # per size: seed-to-seed SD of the target (2+ seeds)
+    boot_se: list[float] = field(default_factory=list)  # per size: one run's bootstrap SE (root mean square)
     method: str = ("WLS of the per-size estimates on log N, weights 1/se^2 (bootstrap se, or seed spread), "
                    "covariance scaled by max(1, dispersion), t test on n - 2 df")
 
@@ -107,25 +110,66 @@ class ScalingTrend:
 
 
 def size_points(table: pd.DataFrame, target: str) -> pd.DataFrame:
-    """One row per size with a deceleration: estimate and standard error on the target's scale."""
+    """One row per size with a deceleration: estimate and standard error on the target's scale,
+    with the seeds behind it, their seed-to-seed SD and one run's bootstrap SE."""
     quantity, log = TARGETS[target]
     d = table[table["verdict"] == "deceleration"]
     rows = []
     for size, g in d.groupby("size", sort=False):
         v = np.log(g[quantity].astype(float)) if log else g[quantity].astype(float)
-        boot = g[f"{quantity}_se"].astype(float)
-        se = float(np.sqrt(np.mean(boot**2) / len(g)))
-        if len(g) > 1:
-            se = max(se, float(v.std(ddof=1) / math.sqrt(len(g))))
-        rows.append({"size": size, "N": float(g["N"].iloc[0]), "y": float(v.mean()), "se": se})
-    return pd.DataFrame(rows, columns=["size", "N", "y", "se"])
+        boot = float(np.sqrt(np.mean(g[f"{quantity}_se"].astype(float) ** 2)))
+        sd = float(v.std(ddof=1)) if len(g) > 1 else None
+        se = boot / math.sqrt(len(g)) if sd is None else max(boot, sd) / math.sqrt(len(g))
+        rows.append({"size": size, "N": float(g["N"].iloc[0]), "y": float(v.mean()), "se": se, "seeds": len(g),
+                     "seed_sd": sd, "boot_se": boot})
+    return pd.DataFrame(rows, columns=["size", "N", "y", "se", "seeds", "seed_sd", "boot_se"])
 
 
 def fit_trend(table: pd.DataFrame, target: str) -> ScalingTrend:
     pts = size_points(table, target)
     excluded = int((table["verdict"] != "deceleration").sum())
     return regress(ScalingTrend(target, pts["size"].tolist(), pts["N"].tolist(), pts["y"].tolist(), pts["se"].tolist(),
-                                runs_excluded=excluded))
+                                runs_excluded=excluded, seeds=pts["seeds"].tolist(), seed_sd=pts["seed_sd"].tolist(),
+                                boot_se=pts["boot_se"].tolist()))
+
+
+SEED_QUANTITIES = ("t_d", "L_d", "r_d")
+SEED_COLUMNS = (["size", "N", "seeds", "decelerating"]
+                + [f"{q}_{k}" for q in SEED_QUANTITIES for k in ("mean", "seed_sd", "min", "max", "boot_se")])
+
+
+def seed_table(sizes: pd.DataFrame) -> pd.DataFrame:
+    """Sizes run with several seeds: for t_d, L_d and r_d over the seeds that decelerate, the mean,
+    the seed-to-seed standard deviation (and range), and beside them one run's bootstrap standard
+    error (root mean square over those seeds): what a single run's interval can show of the spread."""
+    rows = []
+    for size, g in sizes.groupby("size", sort=False):
+        if g["seed"].nunique() < 2:
+            continue
+        d = g[g["verdict"] == "deceleration"]
+        row = {"size": size, "N": int(g["N"].iloc[0]), "seeds": int(g["seed"].nunique()), "decelerating": len(d)}
+        for q in SEED_QUANTITIES:
+            v = d[q].astype(float)
+            row.update({f"{q}_mean": v.mean() if len(v) else None, f"{q}_seed_sd": v.std(ddof=1) if len(v) > 1 else None,
+                        f"{q}_min": v.min() if len(v) else None, f"{q}_max": v.max() if len(v) else None,
+                        f"{q}_boot_se": float(np.sqrt(np.mean(d[f"{q}_se"].astype(float) ** 2))) if len(v) else None})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SEED_COLUMNS)
+
+
+def seed_lines(seeds: pd.DataFrame) -> list[str]:
+    """One line per size with several seeds: the mean and seed spread of t_d, L_d and r_d."""
+    lines = []
+    for _, r in seeds.iterrows():
+        head = f"{r['size']} (N = {int(r['N']):,}): {r['seeds']} seeds, {r['decelerating']} decelerate"
+        if r["decelerating"] < 2:
+            lines.append(f"{head}: too few to measure a seed-to-seed spread")
+            continue
+        parts = [f"{q} mean {r[f'{q}_mean']:{fmt}} (seed SD {r[f'{q}_seed_sd']:{fmt}}, range {r[f'{q}_min']:{fmt}}-"
+                 f"{r[f'{q}_max']:{fmt}}; one run's bootstrap SE {r[f'{q}_boot_se']:{fmt}})"
+                 for q, fmt in (("t_d", ".0f"), ("L_d", ".3f"), ("r_d", ".3f"))]
+        lines.append(f"{head}: " + ", ".join(parts))
+    return lines
 
 
 def regress(trend: ScalingTrend) -> ScalingTrend:
@@ -221,17 +265,24 @@ def run_lines(sizes: pd.DataFrame) -> list[str]:
 
 def summary_text(sizes: pd.DataFrame, trends: list[ScalingTrend], alpha: float = 0.05) -> str:
     lines = ["Loss deceleration across sizes (N = non-embedding parameters)", ""]
-    lines += [f"- {line}" for line in run_lines(sizes)] + [""] + [f"- {t.summary(alpha)}" for t in trends]
+    lines += [f"- {line}" for line in run_lines(sizes)] + [""]
+    seeds = seed_lines(seed_table(sizes))
+    if seeds:
+        lines += ["Across seeds (sizes with several)", ""] + [f"- {line}" for line in seeds] + [""]
+    lines += [f"- {t.summary(alpha)}" for t in trends]
     return "\n".join(lines) + "\n"
 
 
-def fit_scaling_files(fit_paths, run_paths, out_sizes, out_trends, out_summary) -> tuple[pd.DataFrame, list[ScalingTrend]]:
+def fit_scaling_files(fit_paths, run_paths, out_sizes, out_seeds, out_trends,
+                      out_summary) -> tuple[pd.DataFrame, list[ScalingTrend]]:
     fits = [read_fit(p) for p in fit_paths]
     runs = [RunRecord.read(p) for p in run_paths]
     sizes = per_size_table(fits, runs)
     trends = [fit_trend(sizes, t) for t in TARGETS]
     with atomic.atomic_path(out_sizes) as tmp:
         sizes.to_csv(tmp, index=False)
+    with atomic.atomic_path(out_seeds) as tmp:
+        seed_table(sizes).to_csv(tmp, index=False)
     atomic.write_json(out_trends, [t.to_json() for t in trends])
     atomic.write_text(out_summary, summary_text(sizes, trends))
     return sizes, trends
