@@ -53,6 +53,41 @@ def test_pythia_suites_plan_offline():
     assert jobs["suite_gradient"] == 5 * 6 and jobs["suite_meta"] == jobs["suite_curve"] == jobs["fit_run"] == 5
 
 
+def test_authors_checkpoints_plan_offline():
+    """configs/zsl-authors.yaml: six sizes x 19 revisions fetched and evaluated, the Δt = 1 replay
+    from the published optimizer state at six revisions of each size (no gradient view: they have
+    the real step), one fit and curve per size; every suite is OLMo's unsharded format."""
+    from scaledyn.config import load_study
+
+    study = load_study(REPO / "configs" / "zsl-authors.yaml")
+    assert [s.revision_name(4) for s in study.suites.values()][::5] == ["OLMo-14M-step4", "OLMo-472M-step4"]
+    assert all(s.format == "olmo-unsharded" and len(s.steps) == 19 and max(s.steps) == 2**18 for s in study.suites.values())
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "configs/zsl-authors.yaml"], cwd=REPO,
+                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": __import__("os").environ["PATH"]})
+    assert proc.returncode == 0, proc.stderr
+    jobs = planned(proc)
+    assert "train" not in jobs and "suite_gradient" not in jobs
+    assert jobs["suite_fetch"] == jobs["suite_evaluate"] == 6 * 19 and jobs["suite_dt1"] == 6 * 6
+    assert jobs["suite_meta"] == jobs["suite_curve"] == jobs["fit_run"] == jobs["zsl_dtt"] == 6
+
+
+def test_polypythia_seeds_plan_offline():
+    """configs/polypythia.yaml: five sizes x nine seeds, each a suite of 20 revisions, grouped by size."""
+    from scaledyn.config import load_study
+
+    study = load_study(REPO / "configs" / "polypythia.yaml")
+    by_size = {}
+    for s in study.suites.values():
+        by_size.setdefault(s.size, []).append(s.seed)
+    assert by_size == {f"pythia-{n}": list(range(1, 10)) for n in ("14m", "31m", "70m", "160m", "410m")}
+    assert study.suites["pythia-410m-seed3"].model == "EleutherAI/pythia-410m-seed3"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "configs/polypythia.yaml"], cwd=REPO,
+                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": __import__("os").environ["PATH"]})
+    assert proc.returncode == 0, proc.stderr
+    jobs = planned(proc)
+    assert jobs["suite_fetch"] == jobs["suite_evaluate"] == 45 * 20 and jobs["fit_run"] == 45 and jobs["fit_scaling"] == 1
+
+
 def test_bad_config_fails_before_any_job(tmp_path):
     cfg = copy.deepcopy(TINY)
     cfg["model"]["sizes"] = ["tiny-1k", "enormous"]
