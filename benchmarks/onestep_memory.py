@@ -1,6 +1,6 @@
 """Peak memory of the one-step (dt = 1) analysis at a paper size: measured on a GPU, modelled on a CPU.
 
-    python -m benchmarks.onestep_memory --size 472M --micro 32 [--seq-len 1024 --vocab 50304]
+    python -m benchmarks.onestep_memory --size 472M --micro 32 [--seq-len 1024 --vocab 50304] [--readme docs/benchmarks.md]
 
 On a GPU it runs the analysis's three phases (fp32 evaluation, the bf16-autocast step with its
 micro-batched full-batch gradient, the micro-batched JVP) on random tokens and reports each
@@ -10,6 +10,11 @@ as the step runs, and eager attention, for comparison), and adds the fixed state
 onestep._measure_batch: the loaded model, its working copy, gradients, AdamW moments and the
 saved weights (5 fp32 copies of the parameters, counted 4 bytes each) and the fp32 logits'
 gradient at the micro-batch.
+
+The paper's sizes have the shapes of the ZSL authors' published models, so the same figures hold
+for the Δt = 1 replay from their checkpoints (checked here: their config keys map, through
+analysis/olmo.py, to the same Llama shapes). Replaying from an OLMo checkpoint also holds, on the
+host, the checkpoint's AdamW moments read once (8 bytes per parameter) beside the model (4).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import json
 
 import torch
 
+from benchmarks import replace_block
+from scaledyn.analysis.olmo import OlmoConfig
 from scaledyn.analysis.onestep import jvp_predictions, one_step, trainable
-from scaledyn.train.model import build_model
+from scaledyn.train.model import build_model, model_config
 from scaledyn.train.sizes import PAPER_SIZES
 
 GIB = 2**30
@@ -89,6 +96,34 @@ def gpu_measure(model, args) -> dict:
     return out
 
 
+def authors_shapes_match(size: str, vocab: int) -> bool:
+    """The authors' config keys for this size (their mlp_ratio 1, padded embedding) give our shapes."""
+    ours = model_config(PAPER_SIZES[size], vocab)
+    p = PAPER_SIZES[size]
+    theirs = OlmoConfig.from_dict({"model": {"d_model": p.d_model, "n_heads": p.n_heads, "n_layers": p.n_layers,
+                                             "mlp_ratio": 1, "vocab_size": 50280, "embedding_size": vocab,
+                                             "max_sequence_length": 1024},
+                                   "optimizer": {"name": "adamw", "learning_rate": p.lr}}).llama_config()
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    return all(getattr(ours, k) == getattr(theirs, k) for k in keys)
+
+
+def markdown(r: dict) -> str:
+    if "sdpa" not in r:
+        return "```\n" + json.dumps(r, indent=2) + "\n```\n"
+    return (f"Δt = 1 at {r['size']} ({r['params']:,} trained parameters; the ZSL authors' {r['size']} has these shapes: "
+            f"{'yes' if r['authors_shapes'] else 'NO'}), {r['micro']} sequences of {r['seq_len']} per micro-batch, "
+            f"{r['device']}:\n\n"
+            f"| part | GiB |\n|---|---:|\n"
+            f"| fixed states (model, working copy, gradients, AdamW moments, saved weights) | {r['fixed_states_gib']:.1f} |\n"
+            f"| fp32 logits' gradient at the micro-batch | {r['logits_grad_gib']:.1f} |\n"
+            f"| activations saved per sequence (SDPA, bf16 autocast) | {r['sdpa']['saved_per_sequence_gib']:.2f} |\n"
+            f"| **step peak, SDPA** | **{r['sdpa']['step_peak_gib']:.1f}** |\n"
+            f"| step peak with eager attention (for comparison) | {r['eager']['step_peak_gib']:.1f} |\n"
+            f"| host memory of a replay from an OLMo checkpoint (model 4 + moments 8 bytes per parameter) | "
+            f"{r['host_olmo_gib']:.1f} |\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="472M", choices=sorted(PAPER_SIZES))
@@ -96,15 +131,22 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=512, help="sequences per held-out batch (GPU run)")
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--vocab", type=int, default=50304)
+    ap.add_argument("--readme", help="write the table into this Markdown file's onestep-memory block")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = build_model(PAPER_SIZES[args.size], args.vocab, 0)
-    result = {"size": args.size, "micro": args.micro, "seq_len": args.seq_len, "vocab": args.vocab}
+    result = {"size": args.size, "micro": args.micro, "seq_len": args.seq_len, "vocab": args.vocab,
+              "authors_shapes": authors_shapes_match(args.size, args.vocab)}
     if torch.cuda.is_available():
         result |= {"device": torch.cuda.get_device_name(), **gpu_measure(model, args)}
     else:
-        result |= {"device": "cpu (model)", **cpu_model(model, args)}
+        result |= {"device": "modelled on a CPU (no GPU here)", **cpu_model(model, args)}
+        result["host_olmo_gib"] = 12 * result["params"] / GIB
     print(json.dumps(result, indent=2))
+    if args.readme:
+        from pathlib import Path
+
+        replace_block(Path(args.readme), "onestep-memory", markdown(result))
 
 
 if __name__ == "__main__":
