@@ -185,6 +185,23 @@ def test_config_refuses_another_tokenizer(suite_env):
         load_study(cfg)
 
 
+def test_dt1_steps_need_a_suite_with_optimizer_state(suite_env):
+    """The Δt = 1 replay needs published optimizer state: a suite in another format, or one that
+    cannot be read before its fetch (a Hub id left on `auto`), is refused at config time."""
+    from scaledyn.config import load_study
+    from scaledyn.errors import ConfigError
+
+    base = {"model": str(suite_env["suite"]), "steps": STEPS, "tokens_per_step": 256, "dt1_steps": [16]}
+    for suite, message in [(base, r"suites\.tiny: revision 'step16' .* has no optim\.pt \(dt1_steps needs"),
+                           ({**base, "format": "hf"}, r"suites\.tiny\.dt1_steps: .* set suites\.tiny\.format: olmo-unsharded"),
+                           ({**base, "model": REPO_ID}, r"suites\.tiny\.dt1_steps: .* \(a Hub suite's format is known only once it is fetched\)"),
+                           ({**base, "format": "olmo-unsharded", "gradient_steps": [4]},
+                            r"suites\.tiny: dt1_steps and gradient_steps both given"),
+                           ({**base, "dt1_steps": [3]}, r"suites\.tiny\.dt1_steps: \[3\] are not among suites\.tiny\.steps")]:
+        with pytest.raises(ConfigError, match=message):
+            load_study(study_config(suite_env, tiny=suite))
+
+
 def _fetch(suite: dict, step: int, data_dir: Path, out: Path, hf_env: dict) -> subprocess.CompletedProcess:
     from scaledyn.analysis.options import Suite
 

@@ -262,8 +262,10 @@ def _check_suites(study: Study, jobs_env_here: bool) -> None:
             raise ConfigError(f"config: suites.{name}: dt1_steps and gradient_steps both given; a suite with "
                               "optimizer state takes real steps (dt1_steps), one without only the gradient view")
         if suite.dt1_steps and suite.format != "olmo-unsharded" and not (suite.format == "auto" and is_local(suite)):
+            why = ("format 'hf' has none" if suite.format == "hf" else
+                   "a Hub suite's format is known only once it is fetched")
             raise ConfigError(f"config: suites.{name}.dt1_steps: the Δt = 1 replay needs published optimizer state; "
-                              f"set suites.{name}.format: olmo-unsharded (format {suite.format!r} has none)")
+                              f"set suites.{name}.format: olmo-unsharded ({why})")
         if suite.size in study.runs or (suite.size != name and suite.size in study.suites):
             raise ConfigError(f"config: suites.{name}.size: {suite.size!r} names a run; a size shared by seeds "
                               "needs a name of its own")
