@@ -6,9 +6,11 @@ It builds a tiny OLMo with the paper's architecture keys, trains it a few real s
 AdamW, parameter groups and scheduler, saves an unsharded checkpoint with OLMo's FullCheckpointer
 (model.pt, optim.pt, train.pt, config.yaml), then writes what the test compares against: OLMo's
 per-token losses on fixed tokens at the checkpoint, the learning rate and the weights after OLMo's
-next optimizer step on a fixed batch (no clipping: the one-step replay takes none).
+next optimizer step on a fixed batch (no clipping: the one-step replay takes none). Given a
+checkpoint that scaledyn wrote (analysis/olmo.write_unsharded) and tokens beside it, it also writes
+OLMo's per-token losses of that checkpoint: the inverse mapping, checked the same way.
 
-    python tests/olmo_reference.py OUT_DIR
+    python tests/olmo_reference.py OUT_DIR [OURS_DIR]
 """
 
 import os
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import yaml
 from olmo.checkpoint import FullCheckpointer
 from olmo.config import ModelConfig, OptimizerConfig, SchedulerConfig, TrainConfig
 from olmo.model import OLMo
@@ -73,6 +76,18 @@ def schedules() -> list[dict]:
     return out
 
 
+def read_ours(ckpt: Path, out: Path) -> None:
+    """OLMo's own model, loaded strictly from a model.pt that scaledyn wrote, on tokens.pt beside it."""
+    cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
+    model = OLMo(ModelConfig(**{**cfg["model"], "init_device": "cpu"})).eval()
+    model.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+    tokens = torch.load(ckpt.parent / "tokens.pt", weights_only=True)
+    with torch.no_grad():
+        logits = model(tokens).logits
+        losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+    torch.save(losses, out / "ours_read_by_olmo.pt")
+
+
 def main(out: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29517"), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
@@ -107,3 +122,5 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+    if len(sys.argv) > 2:
+        read_ours(Path(sys.argv[2]), Path(sys.argv[1]))

@@ -46,11 +46,13 @@ def olmo_python() -> str:
 @pytest.fixture(scope="module")
 def reference(olmo_python, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("olmo-reference")
+    ours = _tiny_checkpoint(out / "ours" / "step3")  # written by scaledyn, read by OLMo
+    torch.save(torch.randint(0, 40, (3, 32), generator=torch.Generator().manual_seed(2)), ours.parent / "tokens.pt")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    run = subprocess.run([olmo_python, str(ROOT / "tests" / "olmo_reference.py"), str(out)], capture_output=True,
+    run = subprocess.run([olmo_python, str(ROOT / "tests" / "olmo_reference.py"), str(out), str(ours)], capture_output=True,
                          text=True, env={**env, "MASTER_PORT": str(port)}, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return out
@@ -102,6 +104,17 @@ def test_losses_and_one_step_equal_olmo_own(reference, tmp_path):
     one_step(again.model, again.optimizer_for(again.model), ref["batch"], again.lr)
     assert max((again.model.state_dict()[k] - v).abs().max().item() for k, v in after.items()) <= 1e-6
     print(f"OLMo cross-check: per-token loss max |diff| {loss_diff:.2e}, one step max |diff| {step_diff:.2e}")
+
+
+def test_a_checkpoint_we_write_reads_the_same_in_olmo(reference):
+    """The inverse mapping (write_unsharded, which the tests' OLMo-format suites are built with):
+    OLMo's own model loads our model.pt strictly and its per-token losses equal ours."""
+    ckpt = reference / "ours" / "step3"
+    tokens = torch.load(ckpt.parent / "tokens.pt", weights_only=True)
+    with torch.no_grad():
+        ours = token_losses(olmo.load_model(ckpt), tokens)
+    theirs = torch.load(reference / "ours_read_by_olmo.pt", weights_only=True)
+    assert ours.shape == theirs.shape == (3, 31) and (ours - theirs).abs().max().item() <= 1e-5
 
 
 def test_schedules_equal_olmo_own(reference):

@@ -237,8 +237,9 @@ def optimizer_state(path: Path, model) -> tuple[list[list[str]], dict]:
     names_of, torch_state, torch_groups, index = [], {}, [], 0
     for g in groups:
         # a plain optimizer's state is keyed by position (OLMo keeps the names in param_names); FSDP's by name
-        keys = g["params"]
-        names = g.get("param_names") or keys
+        keys, names = g.get("params", []), g.get("param_names") or g.get("params", [])
+        if g.get("amsgrad"):
+            raise SuiteError(f"{file}: AMSGrad state (amsgrad: true) is not replayed; only AdamW's moments are read")
         mine, ids = [], []
         for key, name in zip(keys, map(clean, names)):
             if name not in where:
@@ -255,7 +256,7 @@ def optimizer_state(path: Path, model) -> tuple[list[list[str]], dict]:
         names_of.append(mine)
         torch_groups.append({"params": ids, "lr": cfg.schedule.lr, "betas": tuple(g.get("betas", (0.9, 0.999))),
                              "eps": float(g.get("eps", 1e-8)), "weight_decay": float(g.get("weight_decay", 0.0)),
-                             "amsgrad": bool(g.get("amsgrad", False)), "maximize": False, "foreach": None,
+                             "amsgrad": False, "maximize": False, "foreach": None,
                              "capturable": False, "differentiable": False, "fused": None, "decoupled_weight_decay": True})
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     covered = {n for names in names_of for n in names}
@@ -276,9 +277,9 @@ def make_optimizer(model, names_of: list[list[str]], state: dict) -> torch.optim
 def write_unsharded(out: Path, model, config: dict, step: int, optimizer: torch.optim.Optimizer | None = None,
                     by_name: bool = False) -> Path:
     """The inverse mapping: `model` (and its AdamW state) as an OLMo unsharded checkpoint at `out`,
-    with `config` as config.yaml. What the tests and benchmarks build suites from; also a way to
-    hand one of our models to OLMo's tools. by_name: the optimizer state keyed by parameter name,
-    as FSDP saves it, else by position with OLMo's param_names, as a plain or DDP optimizer does."""
+    with `config` as config.yaml: what the tests and benchmarks build OLMo-format suites from.
+    by_name: the optimizer state keyed by parameter name, as FSDP saves it, else by position with
+    OLMo's param_names, as a plain or DDP optimizer does."""
     import numpy as np
 
     out = Path(out)
