@@ -420,7 +420,7 @@ def test_a_local_revision_that_links_outside_its_suite_is_refused(tmp_path):
     (tmp_path / "outside" / "config.json").write_text("{}")
     (tmp_path / "suite").mkdir()
     (tmp_path / "suite" / "step1").symlink_to(tmp_path / "outside")
-    suite = Suite("p", str(tmp_path / "suite"), "step{step}", (1,), 2048, None, None, 0, ())
+    suite = Suite("p", str(tmp_path / "suite"), "step{step}", (1,), 2048, None, None, 0, (), (), "auto", "p")
     with pytest.raises(SuiteError, match=r"suites\.p\.revision: 'step1' resolves to .*outside, outside"):
         resolve(suite, 1)
 

@@ -83,3 +83,32 @@ def test_simulator_smooths_like_the_data():
     sd = np.array([draw(rng) for _ in range(300)]).std(0)
     width = idx + 1 - np.floor(idx / 1.2)
     assert sd == pytest.approx(0.03 / np.sqrt(width), rel=0.2)
+
+
+def test_seed_table_gives_mean_and_seed_spread_beside_the_bootstrap_se():
+    """Three seeds of one size, two of which decelerate, and one seed of another size: one row,
+    the statistics over the two that decelerate; the trend points carry the same spread."""
+    rows = [{"run": "a_s0", "size": "a", "seed": 0, "N": 1e4, "verdict": "deceleration", "t_d": 100.0, "t_d_se": 4.0,
+             "L_d": 3.0, "L_d_se": 0.01, "r_d": 0.10, "r_d_se": 0.02},
+            {"run": "a_s1", "size": "a", "seed": 1, "N": 1e4, "verdict": "deceleration", "t_d": 140.0, "t_d_se": 2.0,
+             "L_d": 3.2, "L_d_se": 0.03, "r_d": 0.14, "r_d_se": 0.02},
+            {"run": "a_s2", "size": "a", "seed": 2, "N": 1e4, "verdict": "power_law", "t_d": 900.0, "t_d_se": 1.0,
+             "L_d": 9.0, "L_d_se": 0.01, "r_d": 0.9, "r_d_se": 0.01},
+            {"run": "b_s0", "size": "b", "seed": 0, "N": 1e5, "verdict": "deceleration", "t_d": 200.0, "t_d_se": 5.0,
+             "L_d": 2.5, "L_d_se": 0.01, "r_d": 0.2, "r_d_se": 0.01}]
+    from scaledyn.stats.trends import seed_lines, seed_table
+
+    t = seed_table(pd.DataFrame(rows))
+    assert t["size"].tolist() == ["a"]
+    r = t.iloc[0]
+    assert (r["seeds"], r["decelerating"]) == (3, 2)
+    assert r["t_d_mean"] == 120 and r["t_d_seed_sd"] == pytest.approx(math.sqrt(800)) and (r["t_d_min"], r["t_d_max"]) == (100, 140)
+    assert r["t_d_boot_se"] == pytest.approx(math.sqrt((16 + 4) / 2))
+    assert r["L_d_mean"] == pytest.approx(3.1) and r["r_d_seed_sd"] == pytest.approx(0.04 / math.sqrt(2))
+    line = seed_lines(t)[0]
+    assert line.startswith("a (N = 10,000): 3 seeds, 2 decelerate: t_d mean 120 (seed SD 28, range 100-140; "
+                           "one run's bootstrap SE 3)")
+    pts = size_points(pd.DataFrame(rows), "r_d").set_index("size")
+    assert pts.loc["a", "seeds"] == 2 and pts.loc["a", "seed_sd"] == pytest.approx(0.04 / math.sqrt(2))
+    assert pts.loc["a", "se"] == pytest.approx(0.04 / math.sqrt(2) / math.sqrt(2))  # seed spread > bootstrap 0.02
+    assert pts.loc["b", "seeds"] == 1 and pd.isna(pts.loc["b", "seed_sd"]) and pts.loc["b", "se"] == pytest.approx(0.01)
