@@ -386,7 +386,7 @@ def jvp_vs_per_position_backward(env):
 
     torch.set_num_threads(1)
     spec = _eval_model(env)
-    model = load_for_step(RunPaths(spec.run_dir).checkpoint(16))[0].model
+    model = load_for_step(RunPaths(spec.run_dir).checkpoint(16)).model
     batch = torch.from_numpy(np.asarray(TokenData.open(spec.data_dir).split("eval")[:env.pick(8, 4, 1)], dtype=np.int64))
     gen = torch.Generator().manual_seed(0)
     delta = {n: torch.randn(p.shape, generator=gen) * 1e-3 for n, p in trainable(model).items()}
@@ -441,7 +441,7 @@ def per_token_gradients(env):
 
     torch.set_num_threads(1)
     spec = _eval_model(env)
-    model = load_for_step(RunPaths(spec.run_dir).checkpoint(16))[0].model
+    model = load_for_step(RunPaths(spec.run_dir).checkpoint(16)).model
     n_seq = env.pick(16, 4, 1)
     batch = torch.from_numpy(np.asarray(TokenData.open(spec.data_dir).split("eval")[:n_seq], dtype=np.int64))
     gen = torch.Generator().manual_seed(0)

@@ -60,7 +60,7 @@ def test_workflow_tables(tiny_study):
 
 
 def test_jvp_equals_per_token_autograd(tiny_study):
-    model = load_for_step(tiny_study.run("tiny-6k_s0").checkpoint(16))[0].model
+    model = load_for_step(tiny_study.run("tiny-6k_s0").checkpoint(16)).model
     data = TokenData.open(tiny_study.data.dir)
     batch = torch.from_numpy(np.asarray(data.heldout_batch(0)[0][:2], dtype=np.int64))
     gen = torch.Generator().manual_seed(0)
@@ -74,7 +74,7 @@ def test_jvp_equals_per_token_autograd(tiny_study):
 def test_coordinate_interference_over_all_tokens_with_its_shuffled_baseline(tiny_study):
     """C_g and D(grad) from vmap equal a per-token autograd loop, over every token of the batch;
     the shuffled baseline is the same sums with the documented random signs."""
-    model = load_for_step(tiny_study.run("tiny-6k_s0").checkpoint(16))[0].model
+    model = load_for_step(tiny_study.run("tiny-6k_s0").checkpoint(16)).model
     data = TokenData.open(tiny_study.data.dir)
     batch = torch.from_numpy(np.asarray(data.heldout_batch(0)[0][:2], dtype=np.int64))
     gen = torch.Generator().manual_seed(0)
@@ -108,12 +108,12 @@ def test_one_step_reproduces_the_training_loop(tmp_path, tiny_config, tiny_data)
                                run_dir=str(tmp_path / "run"), steps=9, checkpoint_steps=(8, 9), grad_clip=None,
                                optimizer_steps=None)
     train(spec)
-    start, _ = load_for_step(RunPaths(spec.run_dir).checkpoint(8))
+    start = load_for_step(RunPaths(spec.run_dir).checkpoint(8))
     data = TokenData.open(tiny_data)
     rows = BatchOrder(data.train_sequences, spec.batch_size, spec.data_seed).rows(9)
     batch = torch.from_numpy(data.train_batch(rows).astype(np.int64))
     one_step(start.model, start.optimizer_for(start.model), batch, start.lr)
-    target = load_for_step(RunPaths(spec.run_dir).checkpoint(9))[0].model
+    target = load_for_step(RunPaths(spec.run_dir).checkpoint(9)).model
     for (n, p), q in zip(start.model.named_parameters(), target.parameters()):
         assert torch.allclose(p, q, atol=1e-6), n
 
@@ -125,12 +125,12 @@ def test_micro_batched_one_step_equals_full_batch(tiny_study):
     batch = torch.from_numpy(data.heldout_batch(0)[0].astype(np.int64))
     results = []
     for micro in (None, 3):  # 8 sequences: micro-batches of 3, 3 and 2
-        start, _ = load_for_step(ckpt)
+        start = load_for_step(ckpt)
         model = start.model
         theta0 = {n: p.detach().clone() for n, p in trainable(model).items()}
         one_step(model, start.optimizer_for(model), batch, start.lr, micro)
         delta = {n: p.detach() - theta0[n] for n, p in trainable(model).items()}
-        model0 = load_for_step(ckpt)[0].model
+        model0 = load_for_step(ckpt).model
         results.append((delta, jvp_predictions(model0, batch, delta, micro)))
     (d_full, p_full), (d_micro, p_micro) = results
     for n in d_full:

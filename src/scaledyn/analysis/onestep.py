@@ -87,7 +87,7 @@ def next_rate(lr_next: float, peak: float) -> tuple[float, str]:
     return lr_next, ""
 
 
-def load_for_step(ckpt: Path) -> tuple[Start, RunSpec]:
+def load_for_step(ckpt: Path) -> Start:
     """A checkpoint of ours: model with training's attention kernel, the run's own optimizer."""
     state, opt_state, _ = checkpoint.load_training_state(ckpt)
     spec = RunSpec.from_dict(state["spec"])
@@ -105,7 +105,7 @@ def load_for_step(ckpt: Path) -> tuple[Start, RunSpec]:
     step = RunPaths.step_of(ckpt)
     lr, note = next_rate(lr_at(spec, step + 1), spec.lr)
     keys = {"run": spec.name, "size": spec.size.name, "seed": spec.seed}
-    return Start(model, optimizer_for, lr, note, keys, use_bf16(spec.precision)), spec
+    return Start(model, optimizer_for, lr, note, keys, use_bf16(spec.precision))
 
 
 def load_olmo_for_step(revision) -> Start:
@@ -346,8 +346,7 @@ def dt1_analysis(run_dir, step: int, data_dir, out, changes, options: ZslOptions
     if not (ckpt / "optimizer.pt").exists():
         raise CheckpointError(f"checkpoint {ckpt}: no optimizer state; list step {step} in zsl.dt1_steps before training")
     data = _heldout_data(data_dir)
-    start, _ = load_for_step(ckpt)
-    return replay(start, step, data, out, changes, options)
+    return replay(load_for_step(ckpt), step, data, out, changes, options)
 
 
 def suite_dt1_analysis(revision, data_dir, out, changes, options: ZslOptions | None = None) -> pd.DataFrame:
