@@ -470,7 +470,7 @@ def summary_sections(res: StudyResults) -> list[Section]:
 
 WINDOW_TOLERANCE = 0.25
 VARIANTS = {"dt=t": "Δt = t", "dt=1": "Δt = 1",
-            "grad-direction": "along the held-out batch's mean gradient (JVP prediction; a suite has no optimizer state)",
+            "grad-direction": "along the held-out batch's mean gradient (JVP prediction; a suite without optimizer state)",
             "sign-direction": "along the gradient's sign (JVP prediction; a proxy for Adam's early steps)"}
 
 
