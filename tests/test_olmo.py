@@ -149,7 +149,10 @@ def _tiny_checkpoint(path: Path) -> Path:
 
 def test_a_file_that_needs_pickled_code_is_refused(tmp_path):
     ckpt = _tiny_checkpoint(tmp_path / "step3")
-    assert olmo.load_model(ckpt) is not None and olmo.global_step(ckpt) == 3
+    olmo.check_global_step(ckpt, 3, "step3")  # the trainer state (NumPy's RNG inside) reads under weights_only
+    with pytest.raises(SuiteError, match=r"step4 holds global step 3, not 4: the replay would take the wrong"):
+        olmo.check_global_step(ckpt, 4, "step4")
+    assert olmo.load_model(ckpt) is not None
     state = torch.load(ckpt / "model.pt", weights_only=True)
     torch.save({**state, "extra": argparse.Namespace(x=1)}, ckpt / "model.pt")
     with pytest.raises(SuiteError, match=r"step3/model.pt: needs more than tensors to load \(.*Namespace"):

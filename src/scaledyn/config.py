@@ -246,7 +246,7 @@ def _check_suites(study: Study, jobs_env_here: bool) -> None:
         raise ConfigError("config: model.sizes: the study has no sizes to train and no suites to analyse")
     if not cfg["suites"]:
         return
-    from .analysis.revisions import check_local_suite, is_local
+    from .analysis.revisions import OLMO, check_local_suite, is_local
 
     if cfg["data"]["tokenizer"]["kind"] != "pretrained":
         raise ConfigError("config: data.tokenizer.kind: suites are evaluated on text tokenized with their own tokenizer; "
@@ -261,11 +261,11 @@ def _check_suites(study: Study, jobs_env_here: bool) -> None:
         if suite.dt1_steps and suite.gradient_steps:
             raise ConfigError(f"config: suites.{name}: dt1_steps and gradient_steps both given; a suite with "
                               "optimizer state takes real steps (dt1_steps), one without only the gradient view")
-        if suite.dt1_steps and suite.format != "olmo-unsharded" and not (suite.format == "auto" and is_local(suite)):
+        if suite.dt1_steps and suite.format != OLMO and not (suite.format == "auto" and is_local(suite)):
             why = ("format 'hf' has none" if suite.format == "hf" else
                    "a Hub suite's format is known only once it is fetched")
             raise ConfigError(f"config: suites.{name}.dt1_steps: the Δt = 1 replay needs published optimizer state; "
-                              f"set suites.{name}.format: olmo-unsharded ({why})")
+                              f"set suites.{name}.format: {OLMO} ({why})")
         if suite.size in study.runs or (suite.size != name and suite.size in study.suites):
             raise ConfigError(f"config: suites.{name}.size: {suite.size!r} names a run; a size shared by seeds "
                               "needs a name of its own")

@@ -194,11 +194,16 @@ def load_file(path: Path, allow_numpy: bool = False):
         raise SuiteError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
 
 
-def global_step(path: Path) -> int:
-    state = load_file(Path(path) / "train.pt", allow_numpy=True)
+def check_global_step(path: Path, step: int, label: str) -> None:
+    """The revision named for `step` holds that step (train.pt's global_step): else the replay
+    would take the rate of another update."""
+    file = Path(path) / "train.pt"
+    state = load_file(file, allow_numpy=True)
     if not isinstance(state, dict) or "global_step" not in state:
-        raise SuiteError(f"{Path(path) / 'train.pt'}: no global_step: not an OLMo trainer state")
-    return int(state["global_step"])
+        raise SuiteError(f"{file}: no global_step: not an OLMo trainer state")
+    if int(state["global_step"]) != step:
+        raise SuiteError(f"{label} holds global step {int(state['global_step'])}, not {step}: the replay would take "
+                         "the wrong learning rate")
 
 
 def load_model(path: Path, dtype=torch.float32):

@@ -116,10 +116,7 @@ def load_olmo_for_step(revision) -> Start:
         raise CheckpointError(f"suites.{suite.name}: revision {record['revision']} has no optimizer state "
                               f"({OLMO} with {OLMO_STATE_FILE}); list its step in the suite's dt1_steps")
     cfg = olmo.OlmoConfig.read(path)
-    saved_step = olmo.global_step(path)
-    if saved_step != step:
-        raise CheckpointError(f"suites.{suite.name}: revision {record['revision']} holds global step {saved_step}, "
-                              f"not {step}: the replay would take the wrong learning rate")
+    olmo.check_global_step(path, step, f"suites.{suite.name}: revision {record['revision']}")
     if cfg.dropout > 0:
         raise CheckpointError(f"{path / 'config.yaml'}: trained with dropout {cfg.dropout}; the replayed step takes none")
     model = olmo.load_model(path)

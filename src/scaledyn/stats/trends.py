@@ -109,6 +109,11 @@ class ScalingTrend:
         return cls(**{k: math.nan if v is None and fields[k].type == "float" else v for k, v in d.items() if k in fields})
 
 
+def one_run_se(runs: pd.DataFrame, quantity: str) -> float:
+    """One run's bootstrap standard error of `quantity` among these runs (root mean square)."""
+    return float(np.sqrt(np.mean(runs[f"{quantity}_se"].astype(float) ** 2)))
+
+
 def size_points(table: pd.DataFrame, target: str) -> pd.DataFrame:
     """One row per size with a deceleration: estimate and standard error on the target's scale,
     with the seeds behind it, their seed-to-seed SD and one run's bootstrap SE."""
@@ -117,7 +122,7 @@ def size_points(table: pd.DataFrame, target: str) -> pd.DataFrame:
     rows = []
     for size, g in d.groupby("size", sort=False):
         v = np.log(g[quantity].astype(float)) if log else g[quantity].astype(float)
-        boot = float(np.sqrt(np.mean(g[f"{quantity}_se"].astype(float) ** 2)))
+        boot = one_run_se(g, quantity)
         sd = float(v.std(ddof=1)) if len(g) > 1 else None
         se = boot / math.sqrt(len(g)) if sd is None else max(boot, sd) / math.sqrt(len(g))
         rows.append({"size": size, "N": float(g["N"].iloc[0]), "y": float(v.mean()), "se": se, "seeds": len(g),
@@ -152,7 +157,7 @@ def seed_table(sizes: pd.DataFrame) -> pd.DataFrame:
             v = d[q].astype(float)
             row.update({f"{q}_mean": v.mean() if len(v) else None, f"{q}_seed_sd": v.std(ddof=1) if len(v) > 1 else None,
                         f"{q}_min": v.min() if len(v) else None, f"{q}_max": v.max() if len(v) else None,
-                        f"{q}_boot_se": float(np.sqrt(np.mean(d[f"{q}_se"].astype(float) ** 2))) if len(v) else None})
+                        f"{q}_boot_se": one_run_se(d, q) if len(v) else None})
         rows.append(row)
     return pd.DataFrame(rows, columns=SEED_COLUMNS)
 
@@ -263,10 +268,10 @@ def run_lines(sizes: pd.DataFrame) -> list[str]:
     return [line[2:] for line in lines]
 
 
-def summary_text(sizes: pd.DataFrame, trends: list[ScalingTrend], alpha: float = 0.05) -> str:
+def summary_text(sizes: pd.DataFrame, seeds: pd.DataFrame, trends: list[ScalingTrend], alpha: float = 0.05) -> str:
     lines = ["Loss deceleration across sizes (N = non-embedding parameters)", ""]
     lines += [f"- {line}" for line in run_lines(sizes)] + [""]
-    seeds = seed_lines(seed_table(sizes))
+    seeds = seed_lines(seeds)
     if seeds:
         lines += ["Across seeds (sizes with several)", ""] + [f"- {line}" for line in seeds] + [""]
     lines += [f"- {t.summary(alpha)}" for t in trends]
@@ -281,10 +286,11 @@ def fit_scaling_files(fit_paths, run_paths, out_sizes, out_seeds, out_trends,
     trends = [fit_trend(sizes, t) for t in TARGETS]
     with atomic.atomic_path(out_sizes) as tmp:
         sizes.to_csv(tmp, index=False)
+    seeds = seed_table(sizes)
     with atomic.atomic_path(out_seeds) as tmp:
-        seed_table(sizes).to_csv(tmp, index=False)
+        seeds.to_csv(tmp, index=False)
     atomic.write_json(out_trends, [t.to_json() for t in trends])
-    atomic.write_text(out_summary, summary_text(sizes, trends))
+    atomic.write_text(out_summary, summary_text(sizes, seeds, trends))
     return sizes, trends
 
 
